@@ -1,0 +1,116 @@
+"""Encoder registry: families (code) and named presets (``configs/encoders/*.yaml``).
+
+``create_encoder(name, in_chans=..., seed=..., weights=..., **overrides)`` builds a family by its name
+(``spectral``, ``vit``, ``resnet``) or a preset by its file name (``vit_tiny``), with keyword overrides.
+Unknown names fail listing close matches.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import inspect
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from .encoders import Encoder, SpectralStats, build_resnet, build_vit
+from .errors import EncoderError
+from .weights import load_weights
+
+FAMILIES: dict[str, Callable[..., Encoder]] = {
+    "spectral": lambda name, in_chans, **kw: SpectralStats(name=name, in_chans=in_chans, **kw),
+    "vit": build_vit,
+    "resnet": build_resnet,
+}
+
+PRESET_DIR = Path(os.environ.get("MSCATE_ENCODER_PRESETS", Path(__file__).resolve().parents[1] / "configs" / "encoders"))
+
+
+def list_presets() -> dict[str, dict[str, Any]]:
+    """Presets found in the preset folder, by name."""
+    out = {}
+    if PRESET_DIR.is_dir():
+        for p in sorted(PRESET_DIR.glob("*.yaml")):
+            data = yaml.safe_load(p.read_text()) or {}
+            out[p.stem] = data
+    return out
+
+
+def list_encoders() -> list[str]:
+    return sorted(set(FAMILIES) | set(list_presets()))
+
+
+def _resolve(name: str) -> tuple[str, dict[str, Any]]:
+    presets = list_presets()
+    if name in presets:
+        spec = dict(presets[name])
+        family = spec.pop("family", None)
+        if family not in FAMILIES:
+            raise EncoderError(str(PRESET_DIR / f"{name}.yaml"), f"family one of {sorted(FAMILIES)}",
+                               repr(family), "fix the preset's `family` key")
+        return family, spec
+    if name in FAMILIES:
+        return name, {}
+    close = difflib.get_close_matches(name, list_encoders(), n=3, cutoff=0.4)
+    raise EncoderError(f"encoder {name!r}", f"a registered encoder ({', '.join(list_encoders())})",
+                       "an unknown name", f"did you mean {', '.join(close)}?" if close else "pick one of those")
+
+
+def create_encoder(name: str, *, in_chans: int, seed: int = 0, weights: str | os.PathLike | None = None,
+                   **overrides: Any) -> Encoder:
+    """Create an encoder by family or preset name.
+
+    Args:
+        name: family (``spectral``, ``vit``, ``resnet``) or preset (``configs/encoders/<name>.yaml``).
+        in_chans: number of image bands.
+        seed: seed of the random initialisation (used when no weights are given).
+        weights: optional local checkpoint (safetensors or a tensors-only torch file).
+        **overrides: family keyword arguments that replace the preset's.
+
+    Raises:
+        EncoderError: unknown name, unknown override keys, bad weights.
+    """
+    if in_chans < 1:
+        raise EncoderError("in_chans", "at least one band", str(in_chans), "pass the chip band count")
+    family, spec = _resolve(name)
+    spec.update(overrides)
+    builder = FAMILIES[family]
+    params = inspect.signature(builder).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        unknown = [k for k in spec if k not in params]
+        if unknown:
+            raise EncoderError(f"encoder {name!r}", f"keys among {[k for k in params if k not in ('name', 'in_chans')]}",
+                               f"unknown keys {unknown}", "remove them from the preset/overrides")
+    torch.manual_seed(seed)
+    enc = builder(name=name, in_chans=in_chans, **spec)
+    enc.weights_digest = None
+    enc.seed = seed
+    if weights is not None:
+        enc.weights_digest = load_weights(enc, weights)
+    enc.eval()
+    return enc
+
+
+def encoder_card(enc: Encoder) -> dict[str, Any]:
+    """A JSON-able description: name, family, config, parameter count, embedding size, weights digest."""
+    n_params = sum(p.numel() for p in enc.parameters())
+    h = hashlib.sha256()
+    for k, v in sorted(enc.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return {
+        "name": enc.name,
+        "family": enc.family,
+        "config": enc.config(),
+        "in_chans": enc.in_chans,
+        "embed_dim": enc.embed_dim,
+        "input_size": enc.input_size,
+        "params": int(n_params),
+        "weights_file_sha256": getattr(enc, "weights_digest", None),
+        "state_sha256": h.hexdigest(),
+        "init_seed": getattr(enc, "seed", None),
+    }

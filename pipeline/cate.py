@@ -1,0 +1,249 @@
+r"""Cross-fitted causal forests, out-of-fold CATEs and doubly-robust scores.
+
+Honesty contract: units are split into K folds **grouped by cluster** (the unit of randomization). For fold
+k, a causal forest (econml ``CausalForestDML``, honest, with explicit nuisance models whose own internal
+cross-fitting is grouped by cluster) is fitted on the other folds and predicts the CATE of fold k. So every
+unit's ``tau_hat`` comes from a model that never saw that unit's outcome (nor any outcome of its cluster).
+
+Doubly-robust (AIPW) scores for a binary treatment, as in grf's ``get_scores``:
+
+.. math::  \Gamma_i = \hat\tau(x_i) + \frac{W_i - e_i}{e_i (1 - e_i)}
+           \bigl(Y_i - \hat m(x_i) - (W_i - e_i)\hat\tau(x_i)\bigr)
+
+with out-of-fold :math:`\hat m(x) = E[Y | X = x]` and :math:`\hat\tau`, and either the known assignment
+probability :math:`e` of the trial or an out-of-fold propensity model.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.linear_model import LogisticRegression
+
+from .errors import EstimationError
+
+OVERLAP_WARN = 0.05
+
+
+class KnownPropensity(ClassifierMixin, BaseEstimator):
+    """A 'classifier' that returns the trial's known assignment probability for every unit."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def fit(self, X, y, sample_weight=None):
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def predict_proba(self, X):
+        n = np.asarray(X).shape[0] if X is not None else 1
+        return np.tile([1.0 - self.p, self.p], (n, 1))
+
+    def predict(self, X):
+        return (self.predict_proba(X)[:, 1] > 0.5).astype(int)
+
+
+def make_folds(clusters, k: int, seed: int) -> np.ndarray:
+    """Assign each unit a fold 0..k-1 so that all units of a cluster share a fold.
+
+    Clusters are shuffled with ``seed`` and dealt round-robin, so fold sizes in clusters differ by at most one.
+
+    Raises:
+        EstimationError: when there are fewer clusters than folds.
+    """
+    labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    if len(labels) < k:
+        raise EstimationError("cate.folds", f"at most as many folds as clusters ({len(labels)})", str(k),
+                              f"set cate.folds to {max(2, len(labels))} or fewer")
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    fold_of_cluster = np.empty(len(labels), dtype=np.int64)
+    fold_of_cluster[perm] = np.arange(len(labels)) % k
+    return fold_of_cluster[inverse.reshape(-1)]
+
+
+def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray) -> None:
+    """Checks that cross-fitting can run: binary W, varying Y, both arms in every training split."""
+    if not set(np.unique(W)) <= {0, 1}:
+        raise EstimationError("W", "binary treatment 0/1", f"values {np.unique(W)[:5].tolist()}", "recode W")
+    if np.ptp(Y) == 0:
+        raise EstimationError("Y", "an outcome that varies", "a constant outcome", "check the outcome column")
+    by_cluster = pd.Series(W).groupby(np.asarray(clusters))
+    n_treated, n_control = int((by_cluster.max() == 1).sum()), int((by_cluster.min() == 0).sum())
+    if n_treated < 2 or n_control < 2:
+        raise EstimationError("W", "treated units in at least 2 clusters and control units in at least 2",
+                              f"{n_treated} clusters with treated and {n_control} with control units",
+                              "check the treatment and cluster columns")
+    for f in np.unique(folds):
+        tr = folds != f
+        if len(np.unique(W[tr])) < 2:
+            raise EstimationError("W", f"treated and control units outside fold {f}",
+                                  "a single arm", "use fewer folds or check that treatment varies across clusters")
+
+
+def _forest(cfg, seed: int, propensity):
+    from econml.dml import CausalForestDML
+
+    model_y = RandomForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                    n_jobs=cfg.n_jobs, random_state=seed)
+    if propensity == "estimate":
+        model_t = LogisticRegression(max_iter=1000)
+    else:
+        model_t = KnownPropensity(float(propensity))
+    return CausalForestDML(model_y=model_y, model_t=model_t, discrete_treatment=True, cv=2,
+                           n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
+                           max_samples=cfg.max_samples, honest=True, inference=True, n_jobs=cfg.n_jobs,
+                           random_state=seed)
+
+
+@dataclass
+class CrossFitResult:
+    """Out-of-fold CATE estimates for every unit."""
+
+    tau_hat: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    fold: np.ndarray
+    m_hat: np.ndarray | None  # out-of-fold E[Y|X], when requested
+    e_hat: np.ndarray  # propensity used for each unit
+
+
+def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray,
+                  cfg, seed: int, with_outcome_model: bool = False, progress: bool = False,
+                  desc: str = "folds") -> CrossFitResult:
+    """Fit one causal forest per fold on the other folds; predict CATE (and 95 % interval) out of fold.
+
+    Args:
+        X: (n, p) features. Y: (n,) outcomes. W: (n,) binary treatment. clusters: (n,) cluster labels.
+        folds: (n,) fold index from :func:`make_folds`.
+        cfg: a :class:`pipeline.config.CateConfig`.
+        seed: random seed (each fold uses ``seed + fold``).
+        with_outcome_model: also fit an out-of-fold outcome model m(x) = E[Y|X] for DR scores.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if not np.isfinite(X).all():
+        bad = np.flatnonzero(~np.isfinite(X).all(axis=0))
+        raise EstimationError("features", "finite feature values", f"NaN/inf in {len(bad)} columns (e.g. {bad[:5].tolist()})",
+                              "impute covariates before the cate stage")
+    check_design(Y, W, clusters, folds)
+    n = len(Y)
+    tau = np.empty(n)
+    lo = np.empty(n)
+    hi = np.empty(n)
+    m_hat = np.empty(n) if with_outcome_model else None
+    e_hat = np.empty(n)
+    fold_ids = np.unique(folds)
+    it = fold_ids
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(fold_ids, desc=desc, unit="fold")
+    for f in it:
+        tr, te = folds != f, folds == f
+        est = _forest(cfg, seed + int(f), cfg.propensity)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
+            est.fit(Y[tr], W[tr], X=X[tr], groups=np.asarray(clusters)[tr])
+            tau[te] = est.effect(X[te])
+            lo_f, hi_f = est.effect_interval(X[te], alpha=0.05)
+        lo[te], hi[te] = lo_f.reshape(-1), hi_f.reshape(-1)
+        if cfg.propensity == "estimate":
+            e_model = LogisticRegression(max_iter=1000).fit(X[tr], W[tr])
+            e_hat[te] = e_model.predict_proba(X[te])[:, 1]
+        else:
+            e_hat[te] = float(cfg.propensity)
+        if with_outcome_model:
+            my = RandomForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                       n_jobs=cfg.n_jobs, random_state=seed + 1000 + int(f))
+            my.fit(X[tr], Y[tr])
+            m_hat[te] = my.predict(X[te])
+    return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat)
+
+
+def dr_scores(Y, W, tau_hat, m_hat, propensity) -> np.ndarray:
+    """AIPW scores for a binary treatment (see module docstring).
+
+    Args:
+        Y, W: outcomes and binary treatment.
+        tau_hat, m_hat: out-of-fold CATE and outcome-model predictions.
+        propensity: a scalar known assignment probability or (n,) out-of-fold propensities.
+
+    Warns:
+        UserWarning when propensities fall below 0.05 or above 0.95: inverse-propensity weights explode
+        when overlap fails (Crump, Hotz, Imbens & Mitnik 2009); consider trimming those units.
+
+    Raises:
+        EstimationError: for propensities outside (0, 1) or mismatched lengths.
+    """
+    Y = np.asarray(Y, dtype=np.float64)
+    W = np.asarray(W, dtype=np.float64)
+    tau_hat = np.asarray(tau_hat, dtype=np.float64)
+    m_hat = np.asarray(m_hat, dtype=np.float64)
+    e = np.broadcast_to(np.asarray(propensity, dtype=np.float64), Y.shape)
+    for name, arr in (("W", W), ("tau_hat", tau_hat), ("m_hat", m_hat), ("propensity", e)):
+        if arr.shape != Y.shape:
+            raise EstimationError(name, f"shape {Y.shape} (as Y)", f"shape {arr.shape}", "align the arrays")
+    if not set(np.unique(W)) <= {0.0, 1.0}:
+        raise EstimationError("W", "binary treatment 0/1", f"values {np.unique(W)[:5].tolist()}", "recode W")
+    if np.any((e <= 0) | (e >= 1)):
+        raise EstimationError("propensity", "probabilities strictly in (0, 1)",
+                              f"{int(((e <= 0) | (e >= 1)).sum())} values at 0 or 1",
+                              "trim units without overlap or supply the design probability")
+    extreme = (e < OVERLAP_WARN) | (e > 1 - OVERLAP_WARN)
+    if extreme.any():
+        warnings.warn(f"{int(extreme.sum())} propensities outside [{OVERLAP_WARN}, {1 - OVERLAP_WARN}]: DR scores "
+                      "will be highly variable (limited overlap, Crump et al. 2009); consider trimming those units",
+                      stacklevel=2)
+    resid = Y - m_hat - (W - e) * tau_hat
+    return tau_hat + (W - e) / (e * (1 - e)) * resid
+
+
+def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True) -> pd.DataFrame:
+    """Cross-fit a causal forest on every scale set's features and write ``cate.parquet`` (per set and unit:
+    fold, tau_hat, 95 % interval), ``dr.parquet`` (per unit: DR score, m_hat, propensity, from the
+    ``cfg.dr_reference`` set) and ``sets.json``. All sets share the same cluster-grouped folds."""
+    import json
+    from pathlib import Path
+
+    from .artifacts import read_npy, require, write_json, write_with
+    from .errors import ConfigError
+    from .sites import read_units
+
+    units = read_units(units_path)
+    features_dir, out = Path(features_dir), Path(out_dir)
+    index = json.loads(require(features_dir / "index.json", "the features stage's index.json").read_text())
+    if index["unit_id"] != units["unit_id"].astype(str).tolist():
+        raise EstimationError(str(features_dir / "index.json"), "the units of units.parquet, in order",
+                              "a different unit list", "re-run the features stage")
+    sets = index["sets"]
+    if cfg.dr_reference not in sets:
+        raise ConfigError("cate.dr_reference", f"one of the feature sets {list(sets)}", repr(cfg.dr_reference),
+                          "name a scale set produced by the features stage")
+    Y = units["Y"].to_numpy(dtype=np.float64)
+    W = units["W"].to_numpy(dtype=np.int64)
+    clusters = units["cluster_id"].astype(str).to_numpy()
+    folds = make_folds(clusters, cfg.folds, seed)
+    rows = []
+    ref = None
+    for name in sets:
+        X = read_npy(features_dir / f"{name}.npy")
+        res = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=(name == cfg.dr_reference),
+                            progress=progress, desc=f"cate {name}")
+        rows.append(pd.DataFrame({"set": name, "unit_id": units["unit_id"].astype(str).to_numpy(),
+                                  "cluster_id": clusters, "fold": folds, "tau_hat": res.tau_hat,
+                                  "lower": res.lower, "upper": res.upper}))
+        if name == cfg.dr_reference:
+            ref = res
+    scores = dr_scores(Y, W, ref.tau_hat, ref.m_hat, ref.e_hat)
+    dr = pd.DataFrame({"unit_id": units["unit_id"].astype(str).to_numpy(), "cluster_id": clusters, "fold": folds,
+                       "W": W, "Y": Y, "dr_score": scores, "m_hat": ref.m_hat, "e_hat": ref.e_hat,
+                       "tau_ref": ref.tau_hat})
+    table = pd.concat(rows, ignore_index=True)
+    write_with(out / "dr.parquet", lambda tmp: dr.to_parquet(tmp, index=False))
+    write_json(out / "sets.json", {k: v["scales"] for k, v in sets.items()})
+    write_with(out / "cate.parquet", lambda tmp: table.to_parquet(tmp, index=False))
+    return table

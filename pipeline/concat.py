@@ -1,0 +1,123 @@
+"""Multi-scale Concatenation (Zhu, Jerzak & Daoud, CLeaR 2025, arXiv:2411.02134).
+
+A scale set is a subset of the tiled scales. Its feature matrix joins, for every unit, the embeddings of
+the unit's location at each scale of the set (for each chosen encoder), then the unit's pre-treatment
+covariates. Any single-scale CATE learner fitted on this matrix becomes a multi-scale learner.
+
+Scale-set specifications:
+
+* ``singles`` — one set per scale (named by the scale);
+* ``pairs`` — every pair of scales (``a+b``);
+* ``all`` — all tiled scales (named ``all``);
+* an explicit ``a+b+c`` naming tiled scales.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .errors import ConfigError
+
+
+def resolve_scale_sets(specs: Sequence[str], scales: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Expand scale-set specifications into ``{set name: scales}`` (insertion-ordered, no duplicates).
+
+    Raises:
+        ConfigError: naming the specification when it names a scale that was not tiled.
+    """
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in specs:
+        if spec == "singles":
+            for s in scales:
+                out[s] = (s,)
+        elif spec == "pairs":
+            for a, b in itertools.combinations(scales, 2):
+                out[f"{a}+{b}"] = (a, b)
+        elif spec == "all":
+            out["all"] = tuple(scales)
+        else:
+            parts = tuple(spec.split("+"))
+            unknown = [p for p in parts if p not in scales]
+            if unknown:
+                raise ConfigError(f"features.scale_sets: {spec!r}", f"scales among {list(scales)}",
+                                  f"unknown {unknown}", "name tiled scales, or use singles / pairs / all")
+            out[spec] = parts
+    return out
+
+
+def concat_features(embeddings: Mapping[tuple[str, str], np.ndarray], scale_set: Sequence[str],
+                    encoders: Sequence[str], unit_location_index: np.ndarray,
+                    covariates: np.ndarray | None = None, covariate_names: Sequence[str] = (),
+                    embedding_names: Mapping[tuple[str, str], Sequence[str]] | None = None
+                    ) -> tuple[np.ndarray, list[str]]:
+    """Build the unit-level feature matrix of one scale set.
+
+    Args:
+        embeddings: ``{(encoder, scale): (n_locations, dim)}``.
+        scale_set: scales to join, in order.
+        encoders: encoders to join at each scale.
+        unit_location_index: (n_units,) row of each unit's location in the embedding arrays.
+        covariates: optional (n_units, p) pre-treatment covariates, appended last.
+        covariate_names: their names.
+        embedding_names: optional column names per embedding (default ``d0, d1, ...``).
+
+    Returns:
+        (n_units, total_dim) float64 matrix and its column names ``encoder:scale:feature``.
+    """
+    blocks, names = [], []
+    for scale in scale_set:
+        for enc in encoders:
+            emb = embeddings[(enc, scale)]
+            blocks.append(emb[unit_location_index])
+            cols = (embedding_names or {}).get((enc, scale)) or [f"d{i}" for i in range(emb.shape[1])]
+            names += [f"{enc}:{scale}:{c}" for c in cols]
+    if covariates is not None and covariates.shape[1]:
+        blocks.append(covariates)
+        names += [f"cov:{c}" for c in covariate_names]
+    return np.hstack(blocks).astype(np.float64), names
+
+
+def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, embed_dir: str | os.PathLike,
+                   cfg, out_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
+    """Write one unit-level feature matrix per scale set (``<set>.npy``) and ``index.json`` (unit ids, the
+    scales and column names of every set). ``cfg`` is a ``FeaturesConfig``."""
+    import pandas as pd
+
+    from .artifacts import read_npy, require, write_json, write_npy
+    from .errors import UnitsError
+    from .sites import covariate_columns, read_units
+
+    units = read_units(units_path)
+    tile_dir, embed_dir, out = Path(tile_dir), Path(embed_dir), Path(out_dir)
+    locations = pd.read_parquet(require(tile_dir / "locations.parquet", "the chip store's location list"))
+    scales = list(dict.fromkeys(pd.read_parquet(tile_dir / "manifest.parquet")["scale"]))
+    pos = pd.Series(np.arange(len(locations)), index=locations["location_id"].astype(str))
+    loc_idx = pos.reindex(units["location_id"].astype(str)).to_numpy()
+    if np.isnan(loc_idx.astype(float)).any():
+        missing = units.loc[np.isnan(loc_idx.astype(float)), "location_id"].unique()[:5].tolist()
+        raise UnitsError(str(units_path), "every unit's location in the chip store",
+                         f"untiled locations {missing}", "re-run the tile stage on this units file")
+    loc_idx = loc_idx.astype(np.int64)
+    embeddings, emb_names = {}, {}
+    for enc in cfg.encoders:
+        names_path = require(embed_dir / enc / "feature_names.json",
+                             f"embeddings of encoder {enc!r} (list it under embed.encoders)")
+        for s in scales:
+            embeddings[(enc, s)] = read_npy(embed_dir / enc / f"{s}.npy")
+            emb_names[(enc, s)] = json.loads(names_path.read_text())
+    sets = resolve_scale_sets(cfg.scale_sets, scales)
+    cov_cols = covariate_columns(units) if cfg.covariates else []
+    cov = units[cov_cols].to_numpy(dtype=np.float64) if cov_cols else None
+    index = {"unit_id": units["unit_id"].astype(str).tolist(), "encoders": list(cfg.encoders), "sets": {}}
+    for name, scale_set in sets.items():
+        X, cols = concat_features(embeddings, scale_set, cfg.encoders, loc_idx, cov, cov_cols, emb_names)
+        write_npy(out / f"{name}.npy", X)
+        index["sets"][name] = {"scales": list(scale_set), "columns": cols}
+    write_json(out / "index.json", index)
+    return sets

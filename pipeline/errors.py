@@ -1,0 +1,54 @@
+"""Typed errors for the pipeline.
+
+Every error a user can cause carries three things: what input was wrong (a file, a column, a params key,
+an argument), what was expected and what was found, and how to fix it. Stages print the message and exit
+non-zero; library callers can catch the specific class.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the pipeline raises on bad input.
+
+    Args:
+        where: the offending input (file path, ``file:column``, params key or argument name).
+        expected: what the pipeline needs there.
+        got: what it found.
+        fix: how the user can repair it.
+    """
+
+    def __init__(self, where: str, expected: str, got: str, fix: str):
+        self.where = where
+        self.expected = expected
+        self.got = got
+        self.fix = fix
+        super().__init__(f"{where}: expected {expected}; got {got}. Fix: {fix}")
+
+
+class ConfigError(PipelineError):
+    """A params/config key is unknown, missing or has an invalid value."""
+
+
+class UnitsError(PipelineError):
+    """The units table (trial units: ids, treatment, outcome, covariates, location) is invalid."""
+
+
+class ImageryError(PipelineError):
+    """A raster cannot be used: unreadable, no CRS, inconsistent bands, points outside every scene."""
+
+
+class TilingError(PipelineError):
+    """Scales or windows are invalid (negative sizes, windows smaller than a pixel, unknown resampling)."""
+
+
+class EncoderError(PipelineError):
+    """An encoder name, weights file or input does not fit."""
+
+
+class EstimationError(PipelineError):
+    """A CATE / RATE estimation cannot run on the given data (too few clusters, constant outcome...)."""
+
+
+class ArtifactError(PipelineError):
+    """An upstream artifact is missing, incomplete or inconsistent with the params."""

@@ -1,0 +1,36 @@
+"""Shared command-line plumbing of the stage entry points."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from models.errors import EncoderError
+
+from ..config import Config, load_config
+from ..errors import PipelineError
+
+
+def run_stage(name: str, description: str, body: Callable[[Config, argparse.Namespace], None],
+              add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None) -> int:
+    """Parse ``--params`` (and stage options), load the validated config and run ``body``.
+
+    Bad input exits with status 2 and a single line naming the input, unless ``--debug`` is given.
+    """
+    parser = argparse.ArgumentParser(prog=f"python -m pipeline.stages.{name}", description=description)
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--out", default="out", help="study output folder (default: out)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    if add_args:
+        add_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.params)
+        body(cfg, args)
+    except (PipelineError, EncoderError) as exc:
+        if args.debug:
+            raise
+        print(f"error [{name}] {exc}", file=sys.stderr)
+        return 2
+    return 0
