@@ -1,0 +1,75 @@
+"""Params validation: unknown keys, types, ranges, missing file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from pipeline.config import config_from_dict, load_config
+from pipeline.errors import ConfigError
+
+
+def test_defaults_and_repo_params_are_valid():
+    from conftest import REPO
+
+    cfg = load_config(REPO / "params.yaml")
+    assert cfg.cate.n_estimators % 4 == 0
+    assert [s.name for s in cfg.tile.scales]
+
+
+def test_unknown_key_is_named_with_suggestion():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"cate": {"n_estimator": 100}})
+    assert "cate.n_estimator" in exc.value.where
+    assert "n_estimators" in exc.value.fix
+
+
+def test_unknown_top_level_key():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"evaluation": {}})
+    assert "evaluation" in exc.value.where
+    assert "evaluate" in exc.value.fix
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"cate": {"folds": "five"}})
+    assert exc.value.where.endswith("cate.folds")
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"cate": {"n_estimators": 102}}, "cate.n_estimators"),
+    ({"cate": {"max_samples": 0.8}}, "cate.max_samples"),
+    ({"cate": {"propensity": 1.2}}, "cate.propensity"),
+    ({"tile": {"scales": [{"name": "a", "size_m": -5.0, "px": 8}]}}, "tile.scales[0].size_m"),
+    ({"tile": {"scales": [{"name": "a", "size_m": 100.0, "px": 0}]}}, "tile.scales[0].px"),
+    ({"tile": {"scales": [{"name": "a", "size_m": 100.0}]}}, "tile.scales[0]"),
+    ({"tile": {"resampling": "cubic"}}, "tile.resampling"),
+    ({"evaluate": {"targets": ["AUC"]}}, "evaluate.targets"),
+])
+def test_invalid_values(data, key):
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict(data)
+    assert key in exc.value.where
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError) as exc:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in exc.value.where
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1,\n")
+    with pytest.raises(ConfigError):
+        load_config(bad)
+    # YAML is loaded safely: python tags are refused
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("seed: !!python/object/apply:os.system ['true']\n")
+    with pytest.raises(ConfigError):
+        load_config(evil)
+
+
+def test_config_is_frozen(tiny_params):
+    cfg = config_from_dict(tiny_params)
+    with pytest.raises(Exception):
+        cfg.seed = 3  # type: ignore[misc]
+    assert yaml.safe_dump(tiny_params)

@@ -1,0 +1,112 @@
+"""Encoders: registry, shapes, determinism, safe weight loading."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from models import EncoderError, create_encoder, encoder_card, list_encoders
+from pipeline.embedding import embed_chips
+
+NAMES = ["spectral", "vit_tiny", "resnet_tiny"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("bands", [3, 6])
+@pytest.mark.parametrize("size", [8, 32])
+def test_every_encoder_embeds(name, bands, size):
+    enc = create_encoder(name, in_chans=bands, seed=1)
+    chips = np.random.default_rng(0).uniform(0, 0.4, (5, bands, size, size)).astype(np.float32)
+    chips[0, :, :2] = np.nan
+    out = embed_chips(enc, chips, batch_size=2, device="cpu")
+    assert out.shape == (5, enc.embed_dim)
+    assert np.isfinite(out).all()
+    again = embed_chips(create_encoder(name, in_chans=bands, seed=1), chips, batch_size=4, device="cpu")
+    np.testing.assert_array_equal(out, again)  # deterministic on CPU, independent of batch size
+
+
+def test_spectral_features_are_the_statistics():
+    enc = create_encoder("spectral", in_chans=6)
+    chip = np.random.default_rng(1).uniform(0.05, 0.5, (1, 6, 10, 10)).astype(np.float32)
+    out = embed_chips(enc, chip, device="cpu")[0]
+    names = enc.feature_names()
+    feats = dict(zip(names, out))
+    assert feats["red_mean"] == pytest.approx(chip[0, 2].mean(), rel=1e-5)
+    assert feats["nir_std"] == pytest.approx(chip[0, 3].std(), rel=1e-4)
+    assert feats["swir1_q50"] == pytest.approx(np.quantile(chip[0, 4], 0.5), rel=1e-5)
+    ndvi = (chip[0, 3] - chip[0, 2]) / (chip[0, 3] + chip[0, 2])
+    assert feats["ndvi_mean"] == pytest.approx(ndvi.mean(), rel=1e-4)
+
+
+def test_unknown_name_lists_close_matches():
+    with pytest.raises(EncoderError) as exc:
+        create_encoder("vit_tiyn", in_chans=3)
+    assert "vit_tiny" in exc.value.fix
+    assert "vit_tiny" in list_encoders()
+
+
+def test_band_mismatch():
+    enc = create_encoder("vit_tiny", in_chans=6)
+    with pytest.raises(EncoderError) as exc:
+        embed_chips(enc, np.zeros((2, 3, 32, 32), np.float32), device="cpu")
+    assert "6 input bands" in exc.value.expected
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "pt"])
+def test_weights_roundtrip(tmp_path, fmt):
+    src = create_encoder("vit_tiny", in_chans=6, seed=5)
+    path = tmp_path / f"w.{fmt}"
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+        save_file({k: v.contiguous() for k, v in src.model.state_dict().items()}, str(path))
+    else:
+        torch.save(src.model.state_dict(), path)
+    dst = create_encoder("vit_tiny", in_chans=6, seed=99, weights=path)
+    x = np.random.default_rng(2).uniform(0, 0.3, (3, 6, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(embed_chips(src, x, device="cpu"), embed_chips(dst, x, device="cpu"))
+    card = encoder_card(dst)
+    assert card["weights_file_sha256"] and len(card["weights_file_sha256"]) == 64
+    assert card["state_sha256"] == encoder_card(src)["state_sha256"]
+
+
+def test_rgb_checkpoint_adapted_to_six_bands(tmp_path):
+    rgb = create_encoder("resnet_tiny", in_chans=3, seed=5)
+    path = tmp_path / "rgb.pt"
+    torch.save(rgb.model.state_dict(), path)
+    six = create_encoder("resnet_tiny", in_chans=6, weights=path)
+    w3 = rgb.model.conv1.weight
+    w6 = six.model.conv1.weight
+    assert w6.shape[1] == 6
+    torch.testing.assert_close(w6.sum(dim=1), w3.sum(dim=1))
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickled_object_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"weight": Evil()}, fh, protocol=2)
+    with pytest.raises(EncoderError) as exc:
+        create_encoder("vit_tiny", in_chans=6, weights=path)
+    assert "loaded safely" in exc.value.got
+    assert "pwned" not in capsys.readouterr().out  # the object's code never ran
+
+
+def test_wrong_architecture_refused(tmp_path):
+    other = create_encoder("resnet_tiny", in_chans=6)
+    path = tmp_path / "resnet.pt"
+    torch.save(other.model.state_dict(), path)
+    with pytest.raises(EncoderError) as exc:
+        create_encoder("vit_tiny", in_chans=6, weights=path)
+    assert "same architecture" in exc.value.fix
+
+
+def test_missing_weights_file(tmp_path):
+    with pytest.raises(EncoderError):
+        create_encoder("vit_tiny", in_chans=6, weights=tmp_path / "none.safetensors")
