@@ -48,6 +48,23 @@ class KnownPropensity(ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X)[:, 1] > 0.5).astype(int)
 
 
+class ReproducibleForestRegressor(RandomForestRegressor):
+    """A random forest that fits in parallel but predicts on one thread.
+
+    scikit-learn sums the trees' predictions from parallel threads in completion order, so the last bits of
+    a prediction change from run to run; summing on one thread makes them bitwise reproducible. Prediction
+    is cheap next to fitting, so little speed is lost.
+    """
+
+    def predict(self, X):
+        n_jobs = self.n_jobs
+        self.n_jobs = 1
+        try:
+            return super().predict(X)
+        finally:
+            self.n_jobs = n_jobs
+
+
 def make_folds(clusters, k: int, seed: int) -> np.ndarray:
     """Assign each unit a fold 0..k-1 so that all units of a cluster share a fold.
 
@@ -88,7 +105,7 @@ def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.n
 def _forest(cfg, seed: int, propensity):
     from econml.dml import CausalForestDML
 
-    model_y = RandomForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+    model_y = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
                                     n_jobs=cfg.n_jobs, random_state=seed)
     if propensity == "estimate":
         model_t = LogisticRegression(max_iter=1000)
@@ -148,6 +165,10 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
             est.fit(Y[tr], W[tr], X=X[tr], groups=np.asarray(clusters)[tr])
+            # econml sums tree predictions from parallel threads in completion order, which changes the
+            # last bits between runs; predicting with one thread keeps outputs bitwise reproducible.
+            for forest in getattr(est.model_cate, "estimators_", [est.model_cate]):
+                forest.n_jobs = 1
             tau[te] = est.effect(X[te])
             lo_f, hi_f = est.effect_interval(X[te], alpha=0.05)
         lo[te], hi[te] = lo_f.reshape(-1), hi_f.reshape(-1)
@@ -157,7 +178,7 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         else:
             e_hat[te] = float(cfg.propensity)
         if with_outcome_model:
-            my = RandomForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
                                        n_jobs=cfg.n_jobs, random_state=seed + 1000 + int(f))
             my.fit(X[tr], Y[tr])
             m_hat[te] = my.predict(X[te])

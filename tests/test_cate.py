@@ -103,3 +103,14 @@ def test_dr_mean_recovers_ate():
     scores = dr_scores(Y, W, res.tau_hat, res.m_hat, 0.5)
     se = scores.std() / np.sqrt(len(scores)) * 2  # loose: clustering of W
     assert abs(scores.mean() - 1.0) < 3 * se
+
+
+def test_parallel_crossfit_is_bitwise_reproducible():
+    X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=2)
+    folds = make_folds(clusters, 3, seed=0)
+    cfg = CateConfig(folds=3, n_estimators=40, nuisance_trees=20, n_jobs=2)
+    a = crossfit_cate(X, Y, W, clusters, folds, cfg, seed=1, with_outcome_model=True)
+    b = crossfit_cate(X, Y, W, clusters, folds, cfg, seed=1, with_outcome_model=True)
+    np.testing.assert_array_equal(a.tau_hat, b.tau_hat)
+    np.testing.assert_array_equal(a.upper, b.upper)
+    np.testing.assert_array_equal(a.m_hat, b.m_hat)
