@@ -83,8 +83,9 @@ def make_folds(clusters, k: int, seed: int) -> np.ndarray:
     return fold_of_cluster[inverse.reshape(-1)]
 
 
-def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray) -> None:
-    """Checks that cross-fitting can run: binary W, varying Y, both arms in every training split."""
+def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits) -> None:
+    """Checks that cross-fitting can run: binary W, varying Y, treated and control clusters, both arms in
+    every training split."""
     if not set(np.unique(W)) <= {0, 1}:
         raise EstimationError("W", "binary treatment 0/1", f"values {np.unique(W)[:5].tolist()}", "recode W")
     if np.ptp(Y) == 0:
@@ -95,10 +96,9 @@ def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.n
         raise EstimationError("W", "treated units in at least 2 clusters and control units in at least 2",
                               f"{n_treated} clusters with treated and {n_control} with control units",
                               "check the treatment and cluster columns")
-    for f in np.unique(folds):
-        tr = folds != f
+    for f, tr, _ in splits:
         if len(np.unique(W[tr])) < 2:
-            raise EstimationError("W", f"treated and control units outside fold {f}",
+            raise EstimationError("W", f"treated and control units in the training folds of fold {f}",
                                   "a single arm", "use fewer folds or check that treatment varies across clusters")
 
 
@@ -129,42 +129,58 @@ class CrossFitResult:
     e_hat: np.ndarray  # propensity used for each unit
 
 
+def training_splits(folds: np.ndarray, scheme: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(fold, train mask, test mask) for each predicted fold.
+
+    ``kfold``: every fold is predicted by a model fitted on all other folds. ``sequential``: fold k >= 1 is
+    predicted by a model fitted on folds 0..k-1 only (fold 0 is never predicted); the RATE statistics of
+    successive folds then form a martingale difference sequence, which keeps the combined test calibrated.
+    """
+    ids = np.unique(folds)
+    if scheme == "kfold":
+        return [(int(f), folds != f, folds == f) for f in ids]
+    if scheme == "sequential":
+        return [(int(f), folds < f, folds == f) for f in ids[1:]]
+    raise ValueError(f"unknown cross-fitting scheme {scheme!r}")  # programming error
+
+
 def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray,
-                  cfg, seed: int, with_outcome_model: bool = False, progress: bool = False,
-                  desc: str = "folds") -> CrossFitResult:
-    """Fit one causal forest per fold on the other folds; predict CATE (and 95 % interval) out of fold.
+                  cfg, seed: int, with_outcome_model: bool = False, scheme: str = "kfold",
+                  progress: bool = False, desc: str = "folds") -> CrossFitResult:
+    """Fit one causal forest per fold on training folds only; predict CATE (and 95 % interval) out of fold.
 
     Args:
         X: (n, p) features. Y: (n,) outcomes. W: (n,) binary treatment. clusters: (n,) cluster labels.
         folds: (n,) fold index from :func:`make_folds`.
         cfg: a :class:`pipeline.config.CateConfig`.
         seed: random seed (each fold uses ``seed + fold``).
-        with_outcome_model: also fit an out-of-fold outcome model m(x) = E[Y|X] for DR scores.
+        with_outcome_model: also fit an outcome model m(x) = E[Y|X] on the same training folds (DR scores).
+        scheme: ``kfold`` or ``sequential`` (see :func:`training_splits`); with ``sequential`` the units of
+            fold 0 get NaN.
     """
     X = np.asarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(axis=0))
-        raise EstimationError("features", "finite feature values", f"NaN/inf in {len(bad)} columns (e.g. {bad[:5].tolist()})",
+        raise EstimationError("features", "finite feature values",
+                              f"NaN/inf in {len(bad)} columns (e.g. {bad[:5].tolist()})",
                               "impute covariates before the cate stage")
-    check_design(Y, W, clusters, folds)
+    splits = training_splits(folds, scheme)
+    check_design(Y, W, clusters, splits)
     n = len(Y)
-    tau = np.empty(n)
-    lo = np.empty(n)
-    hi = np.empty(n)
-    m_hat = np.empty(n) if with_outcome_model else None
-    e_hat = np.empty(n)
-    fold_ids = np.unique(folds)
-    it = fold_ids
+    tau, lo, hi, e_hat = (np.full(n, np.nan) for _ in range(4))
+    m_hat = np.full(n, np.nan) if with_outcome_model else None
+    groups = np.asarray(clusters)
+    it = splits
     if progress:
         from tqdm import tqdm
-        it = tqdm(fold_ids, desc=desc, unit="fold")
-    for f in it:
-        tr, te = folds != f, folds == f
-        est = _forest(cfg, seed + int(f), cfg.propensity)
+        it = tqdm(splits, desc=desc, unit="fold")
+    for f, tr, te in it:
+        est = _forest(cfg, seed + f, cfg.propensity)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
-            est.fit(Y[tr], W[tr], X=X[tr], groups=np.asarray(clusters)[tr])
+            warnings.filterwarnings("ignore", message=".*out-of-bag predictions.*")
+            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
             # econml sums tree predictions from parallel threads in completion order, which changes the
             # last bits between runs; predicting with one thread keeps outputs bitwise reproducible.
             for forest in getattr(est.model_cate, "estimators_", [est.model_cate]):
@@ -178,8 +194,8 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         else:
             e_hat[te] = float(cfg.propensity)
         if with_outcome_model:
-            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
-                                       n_jobs=cfg.n_jobs, random_state=seed + 1000 + int(f))
+            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10,
+                                             max_features=0.5, n_jobs=cfg.n_jobs, random_state=seed + 1000 + f)
             my.fit(X[tr], Y[tr])
             m_hat[te] = my.predict(X[te])
     return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat)
@@ -224,9 +240,19 @@ def dr_scores(Y, W, tau_hat, m_hat, propensity) -> np.ndarray:
 
 
 def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True) -> pd.DataFrame:
-    """Cross-fit a causal forest on every scale set's features and write ``cate.parquet`` (per set and unit:
-    fold, tau_hat, 95 % interval), ``dr.parquet`` (per unit: DR score, m_hat, propensity, from the
-    ``cfg.dr_reference`` set) and ``sets.json``. All sets share the same cluster-grouped folds."""
+    """Cross-fit causal forests on every scale set's features and write the cate stage's outputs.
+
+    Two cross-fitting schemes run on the same cluster-grouped folds (shared by all sets):
+
+    * ``kfold`` gives every unit a CATE (``tau_hat``, 95 % interval) from a forest fitted on the other
+      folds: for maps, correlations with a known truth and the AIPW ATE;
+    * ``sequential`` predicts fold k from folds 0..k-1 only (``priority_seq``, NaN in fold 0): the
+      priorities and DR scores (``dr_score_seq``) of the calibrated RATE test (see pipeline.evaluate).
+
+    Writes ``cate.parquet`` (set, unit, cluster, fold, tau_hat, lower, upper, priority_seq), ``dr.parquet``
+    (per unit: W, Y, K-fold DR score, m_hat, propensity, and the sequential DR score, all from the
+    ``cfg.dr_reference`` set) and ``sets.json``.
+    """
     import json
     from pathlib import Path
 
@@ -247,22 +273,29 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     Y = units["Y"].to_numpy(dtype=np.float64)
     W = units["W"].to_numpy(dtype=np.int64)
     clusters = units["cluster_id"].astype(str).to_numpy()
+    unit_ids = units["unit_id"].astype(str).to_numpy()
     folds = make_folds(clusters, cfg.folds, seed)
     rows = []
-    ref = None
+    ref = ref_seq = None
     for name in sets:
         X = read_npy(features_dir / f"{name}.npy")
-        res = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=(name == cfg.dr_reference),
-                            progress=progress, desc=f"cate {name}")
-        rows.append(pd.DataFrame({"set": name, "unit_id": units["unit_id"].astype(str).to_numpy(),
-                                  "cluster_id": clusters, "fold": folds, "tau_hat": res.tau_hat,
-                                  "lower": res.lower, "upper": res.upper}))
-        if name == cfg.dr_reference:
-            ref = res
-    scores = dr_scores(Y, W, ref.tau_hat, ref.m_hat, ref.e_hat)
-    dr = pd.DataFrame({"unit_id": units["unit_id"].astype(str).to_numpy(), "cluster_id": clusters, "fold": folds,
-                       "W": W, "Y": Y, "dr_score": scores, "m_hat": ref.m_hat, "e_hat": ref.e_hat,
-                       "tau_ref": ref.tau_hat})
+        is_ref = name == cfg.dr_reference
+        kf = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=is_ref, scheme="kfold",
+                           progress=progress, desc=f"cate {name} (k-fold)")
+        sq = crossfit_cate(X, Y, W, clusters, folds, cfg, seed + 500, with_outcome_model=is_ref,
+                           scheme="sequential", progress=progress, desc=f"cate {name} (sequential)")
+        rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
+                                  "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
+                                  "priority_seq": sq.tau_hat}))
+        if is_ref:
+            ref, ref_seq = kf, sq
+    seq_mask = ~np.isnan(ref_seq.tau_hat)
+    seq_scores = np.full(len(Y), np.nan)
+    seq_scores[seq_mask] = dr_scores(Y[seq_mask], W[seq_mask], ref_seq.tau_hat[seq_mask],
+                                     ref_seq.m_hat[seq_mask], ref_seq.e_hat[seq_mask])
+    dr = pd.DataFrame({"unit_id": unit_ids, "cluster_id": clusters, "fold": folds, "W": W, "Y": Y,
+                       "dr_score": dr_scores(Y, W, ref.tau_hat, ref.m_hat, ref.e_hat), "m_hat": ref.m_hat,
+                       "e_hat": ref.e_hat, "tau_ref": ref.tau_hat, "dr_score_seq": seq_scores})
     table = pd.concat(rows, ignore_index=True)
     write_with(out / "dr.parquet", lambda tmp: dr.to_parquet(tmp, index=False))
     write_json(out / "sets.json", {k: v["scales"] for k, v in sets.items()})

@@ -2,18 +2,23 @@
 
 Procedure (documented in the README):
 
-* **Pooled cross-fitted RATE** (headline): every unit's priority is its out-of-fold ``tau_hat`` (from a
-  forest that never saw its cluster's outcomes); the DR scores are the out-of-fold AIPW scores of
-  :func:`pipeline.cate.run_cate`. RATE is computed on the whole sample with the half-sample bootstrap over
-  clusters; all scale sets use the same DR scores and the same bootstrap draws (same seed), so their RATEs
-  are comparable and pairable.
-* **Cross-fold test** (robustness): RATE is computed separately within each fold (priorities and scores of
-  a fold come from models fitted on the other folds), each fold's ratio t_k is formed, and the folds are
-  combined as t = sum_k t_k / sqrt(K) (in the spirit of grf's cross-fold RATE vignette).
-* **Paired comparison**: the reference set (default ``all``) against the best single scale (highest AUTOC
-  RATE Ratio among single-scale sets), as two-column priorities in one :func:`pipeline.rate.rate` call.
-  Choosing the best single scale on the same data favours it, so the paired test is conservative for the
+* **Why not pool out-of-fold predictions.** Ranking all units by their K-fold out-of-fold CATEs and
+  computing one RATE looks honest (no unit's priority saw its own outcome) but is not calibrated: unit i's
+  outcome noise moves the models that rank the *other* folds, and unit i's DR score carries the same noise,
+  so priorities and scores correlate across folds. In a null simulation with a linear T-learner the 5 %
+  test rejected 23 % of the time pooled and 19 % with within-fold RATEs of K-fold fits.
+* **Sequential cross-fitting** (grf's cross-fold RATE vignette): folds are ordered; fold k (k >= 1) is
+  ranked by the CATE model fitted on folds 0..k-1 and scored with DR scores whose nuisances were fitted on
+  the same earlier folds. Each fold's RATE is estimated with the clustered half-sample bootstrap; given the
+  earlier folds it has mean zero under the null, so the fold statistics form a martingale difference
+  sequence. The headline estimate is their mean and its SE is sqrt(sum SE_k^2) / (K - 1)
+  (:func:`pipeline.rate.combine_fold_rates`); the RATE Ratio is estimate / SE. Same null simulation: 6 %.
+* **Paired comparison**: the reference set (default ``all``) against the best single scale (highest
+  RATE Ratio among single-scale sets), as two-column priorities fold by fold (same draws), combined the same
+  way. Choosing the best single scale on the same data favours it, so the test is conservative for the
   multi-scale set.
+* Per-unit CATEs, correlations with a known truth, interval coverage and the AIPW ATE use the K-fold fits
+  (every unit predicted by a model that never saw its cluster).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import pandas as pd
 from scipy import stats
 
 from .artifacts import require, write_json, write_with
-from .rate import rate
+from .rate import combine_fold_rates, rate
 
 
 def cluster_mean_se(values: np.ndarray, clusters: np.ndarray) -> tuple[float, float]:
@@ -55,6 +60,29 @@ def difference_in_means(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray) -> t
     return float(beta[1]), float(np.sqrt(V[1, 1]))
 
 
+def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=None, n_boot=200, seed=0,
+                    names=None):
+    """RATE from sequential cross-fitting: one :func:`rate` per evaluation fold, then
+    :func:`combine_fold_rates`.
+
+    Args:
+        scores: DR scores of each unit from models fitted on earlier folds (NaN where not evaluated).
+        priorities: (n,) or (n, 2) priorities from the same sequential fits (NaN where not evaluated).
+        clusters: cluster labels (the bootstrap resamples clusters within each fold).
+        folds: fold of each unit; every fold with finite scores is an evaluation fold.
+        seed: fold k uses seed + k, so rules compared in a paired call share their draws.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    priorities = np.asarray(priorities, dtype=np.float64)
+    clusters, folds = np.asarray(clusters), np.asarray(folds)
+    results = []
+    for f in np.unique(folds[np.isfinite(scores)]):
+        m = (folds == f) & np.isfinite(scores)
+        results.append(rate(scores[m], priorities[m], target=target, clusters=clusters[m], q=q, n_boot=n_boot,
+                            seed=seed + int(f), names=names))
+    return combine_fold_rates(results)
+
+
 def _summary(res) -> dict:
     lo, hi = res.interval()
     return {"estimate": res.estimate, "std_err": res.std_err, "ratio": res.ratio, "ci_low": lo, "ci_high": hi,
@@ -76,9 +104,9 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
 
     cate_dir, out = Path(cate_dir), Path(out_dir)
     table = pd.read_parquet(require(cate_dir / "cate.parquet", "the cate stage's cate.parquet"))
-    dr = pd.read_parquet(cate_dir / "dr.parquet")
-    sets = json.loads((cate_dir / "sets.json").read_text())
-    scores = dr["dr_score"].to_numpy()
+    dr = pd.read_parquet(require(cate_dir / "dr.parquet", "the cate stage's dr.parquet"))
+    sets = json.loads(require(cate_dir / "sets.json", "the cate stage's sets.json").read_text())
+    seq_scores = dr["dr_score_seq"].to_numpy()
     clusters = dr["cluster_id"].to_numpy()
     folds = dr["fold"].to_numpy()
     q = np.linspace(1.0 / cfg.q_grid, 1.0, cfg.q_grid)
@@ -86,33 +114,36 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
     if truth_path is not None and Path(truth_path).exists():
         truth = pd.read_parquet(truth_path).set_index("unit_id").reindex(dr["unit_id"])["tau"].to_numpy()
 
-    tau_by_set = {name: g.set_index("unit_id").reindex(dr["unit_id"]) for name, g in table.groupby("set", sort=False)}
-    metrics: dict = {"n_units": int(len(dr)), "n_clusters": int(pd.Series(clusters).nunique()),
-                     "n_boot": cfg.n_boot, "sets": {}}
+    by_set = {name: g.set_index("unit_id").reindex(dr["unit_id"]) for name, g in table.groupby("set", sort=False)}
+    n_eval = int(np.isfinite(seq_scores).sum())
+    metrics: dict = {
+        "n_units": int(len(dr)), "n_clusters": int(pd.Series(clusters).nunique()),
+        "n_evaluated": n_eval, "n_folds": int(pd.Series(folds).nunique()), "n_boot": cfg.n_boot,
+        "procedure": "sequential cross-fitting: fold k ranked and scored by models fitted on folds < k; "
+                     "per-fold RATE with a clustered half-sample bootstrap; folds averaged",
+        "sets": {},
+    }
+
+    def run(prio, target, names=None):
+        return sequential_rate(seq_scores, prio, clusters, folds, target=target, q=q, n_boot=cfg.n_boot,
+                               seed=seed, names=names)
+
     rows, toc_rows = [], []
     for name in sets:
-        g = tau_by_set[name]
-        tau = g["tau_hat"].to_numpy()
+        g = by_set[name]
         entry = {"scales": sets[name]}
         for target in cfg.targets:
-            res = rate(scores, tau, target=target, clusters=clusters, q=q, n_boot=cfg.n_boot, seed=seed)
-            fold_t = []
-            for f in np.unique(folds):
-                m = folds == f
-                if pd.Series(clusters[m]).nunique() >= 4:
-                    rf = rate(scores[m], tau[m], target=target, clusters=clusters[m], q=q, n_boot=cfg.n_boot,
-                              seed=seed + 1 + int(f))
-                    fold_t.append(rf.ratio)
-            crossfold_t = float(np.sum(fold_t) / np.sqrt(len(fold_t))) if fold_t else float("nan")
-            entry[target] = {**_summary(res), "crossfold_t": crossfold_t,
-                             "crossfold_p": float(2 * stats.norm.sf(abs(crossfold_t)))}
+            res = run(g["priority_seq"].to_numpy(), target)
+            entry[target] = _summary(res)
             rows.append({"set": name, "target": target, **entry[target]})
             if target == cfg.targets[0]:
                 toc_rows.append(res.toc.assign(set=name).drop(columns="priority"))
+        tau = g["tau_hat"].to_numpy()
         if truth is not None:
             entry["corr_true_tau"] = float(np.corrcoef(tau, truth)[0, 1])
             entry["spearman_true_tau"] = float(stats.spearmanr(tau, truth).statistic)
-            entry["interval_coverage"] = float(np.mean((g["lower"].to_numpy() <= truth) & (truth <= g["upper"].to_numpy())))
+            entry["interval_coverage"] = float(np.mean((g["lower"].to_numpy() <= truth)
+                                                       & (truth <= g["upper"].to_numpy())))
             entry["rmse"] = float(np.sqrt(np.mean((tau - truth) ** 2)))
         metrics["sets"][name] = entry
 
@@ -120,15 +151,14 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
     first = cfg.targets[0]
     if singles and cfg.reference_set in sets and cfg.reference_set not in singles:
         best = max(singles, key=lambda s: metrics["sets"][s][first]["ratio"])
-        prio = np.column_stack([tau_by_set[cfg.reference_set]["tau_hat"].to_numpy(),
-                                tau_by_set[best]["tau_hat"].to_numpy()])
-        metrics["paired"] = {"reference": cfg.reference_set, "best_single": best}
+        prio = np.column_stack([by_set[cfg.reference_set]["priority_seq"].to_numpy(),
+                                by_set[best]["priority_seq"].to_numpy()])
+        metrics["paired"] = {"reference": cfg.reference_set, "best_single": best,
+                             "note": "best single scale chosen on the same data: the test favours it"}
         for target in cfg.targets:
-            res = rate(scores, prio, target=target, clusters=clusters, q=q, n_boot=cfg.n_boot, seed=seed,
-                       names=[cfg.reference_set, best])
-            metrics["paired"][target] = _summary(res)
+            metrics["paired"][target] = _summary(run(prio, target, names=[cfg.reference_set, best]))
 
-    ate, ate_se = cluster_mean_se(scores, clusters)
+    ate, ate_se = cluster_mean_se(dr["dr_score"].to_numpy(), clusters)
     dim, dim_se = difference_in_means(dr["Y"].to_numpy(), dr["W"].to_numpy(), clusters)
     metrics["ate"] = {"aipw": ate, "aipw_se": ate_se, "aipw_ci": [ate - 1.96 * ate_se, ate + 1.96 * ate_se],
                       "difference_in_means": dim, "difference_in_means_se": dim_se}
@@ -139,6 +169,6 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
     toc = pd.concat(toc_rows, ignore_index=True)[["set", "q", "estimate", "std_err"]]
     write_with(out / "rate_table.csv", lambda tmp: rate_table.to_csv(tmp, index=False, float_format="%.6g"))
     write_with(out / "toc.csv", lambda tmp: toc.to_csv(tmp, index=False, float_format="%.6g"))
-    write_with(out / "toc.png", lambda tmp: plot_toc(toc, tmp, title=f"TOC by scale set ({cfg.targets[0]} order)"))
+    write_with(out / "toc.png", lambda tmp: plot_toc(toc, tmp, title=f"TOC by scale set (priorities by CATE)"))
     write_json(out / "metrics.json", metrics)
     return metrics

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ._rate_kernel import bootstrap_statistics
 from .errors import EstimationError
 
 TARGETS = ("AUTOC", "QINI")
@@ -68,6 +69,8 @@ class RATEResult:
     estimates: tuple[float, ...] = ()
     std_errs: tuple[float, ...] = ()
     boot: np.ndarray = field(default=None, repr=False)
+    fold_estimates: tuple[float, ...] = ()
+    fold_std_errs: tuple[float, ...] = ()
 
     @property
     def ratio(self) -> float:
@@ -167,6 +170,15 @@ def _toc_stat(dr: np.ndarray, w: np.ndarray, q: np.ndarray, target: str) -> np.n
     return np.concatenate([[rate], toc_grid])
 
 
+def half_sample_draws(n_clusters: int, n_boot: int, seed: int | None) -> np.ndarray:
+    """(n_boot, n_clusters) bool: replicate b keeps floor(n_clusters / 2) clusters drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    chosen = np.zeros((n_boot, n_clusters), dtype=bool)
+    for b in range(n_boot):
+        chosen[b, rng.choice(n_clusters, n_clusters // 2, replace=False)] = True
+    return chosen
+
+
 def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_weights=None, q=None,
          n_boot: int = 200, seed: int | None = None, names: Sequence[str] | None = None) -> RATEResult:
     """Estimate the RATE (AUTOC or QINI) of one priority rule, or compare two on the same bootstrap draws.
@@ -235,14 +247,11 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     rules = [_Sorted(_dense_rank(pr[:, j]), drw, w, cl) for j in range(k)]
     t0 = np.stack([r.statistic(None, q, target) for r in rules])  # (k, 1 + len(q))
 
-    rng = np.random.default_rng(seed)
-    half = n_clusters // 2
+    chosen = half_sample_draws(n_clusters, n_boot, seed)
     boot = np.empty((n_boot, k, 1 + len(q)))
-    for b in range(n_boot):
-        chosen = np.zeros(n_clusters, dtype=bool)
-        chosen[rng.choice(n_clusters, half, replace=False)] = True
-        for j, r in enumerate(rules):
-            boot[b, j] = r.statistic(chosen[r.cluster], q, target)
+    for j, r in enumerate(rules):
+        boot[:, j] = bootstrap_statistics(r.drw, r.w, r.group, r.cluster, chosen, r.has_ties, r.n_groups, q,
+                                          target == "QINI")
 
     est = t0
     se = boot.std(axis=0, ddof=1) if n_boot >= 2 else np.zeros_like(t0)
@@ -265,3 +274,31 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     return RATEResult(estimate=float(est[-1, 0]), std_err=float(se[-1, 0]), target=target, toc=toc,
                       n_boot=n_boot, estimates=tuple(float(v) for v in est[:, 0]),
                       std_errs=tuple(float(v) for v in se[:, 0]), boot=boot_rate)
+
+
+def combine_fold_rates(results: Sequence[RATEResult]) -> RATEResult:
+    r"""Combine RATEs estimated on disjoint evaluation folds into one estimate and test.
+
+    With fold estimates :math:`\hat\theta_k` and bootstrap SEs :math:`s_k` (k = 1..M), the combined estimate
+    is :math:`\bar\theta = \frac1M \sum_k \hat\theta_k` with standard error
+    :math:`\sqrt{\sum_k s_k^2} / M`. This is valid when, as with sequential cross-fitting, each fold's
+    priorities and scores come from models fitted on earlier folds only: the centred fold estimates then
+    form a martingale difference sequence, so they are uncorrelated and the ratio is asymptotically N(0, 1).
+    TOC curves and paired differences are combined the same way, component by component.
+    """
+    if not results:
+        raise EstimationError("results", "at least one fold result", "none", "evaluate at least one fold")
+    targets = {r.target for r in results}
+    if len(targets) != 1:
+        raise EstimationError("results", "fold results of one target", str(sorted(targets)), "combine per target")
+    m = len(results)
+    est = np.mean([r.estimates for r in results], axis=0)
+    se = np.sqrt(np.sum(np.square([r.std_errs for r in results]), axis=0)) / m
+    tocs = [r.toc.reset_index(drop=True) for r in results]
+    toc = tocs[0][["priority", "q"]].copy()
+    toc["estimate"] = np.mean([t["estimate"].to_numpy() for t in tocs], axis=0)
+    toc["std_err"] = np.sqrt(np.sum([t["std_err"].to_numpy() ** 2 for t in tocs], axis=0)) / m
+    return RATEResult(estimate=float(est[-1]), std_err=float(se[-1]), target=results[0].target, toc=toc,
+                      n_boot=results[0].n_boot, estimates=tuple(map(float, est)), std_errs=tuple(map(float, se)),
+                      fold_estimates=tuple(r.estimate for r in results),
+                      fold_std_errs=tuple(r.std_err for r in results))

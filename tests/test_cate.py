@@ -114,3 +114,17 @@ def test_parallel_crossfit_is_bitwise_reproducible():
     np.testing.assert_array_equal(a.tau_hat, b.tau_hat)
     np.testing.assert_array_equal(a.upper, b.upper)
     np.testing.assert_array_equal(a.m_hat, b.m_hat)
+
+
+def test_sequential_scheme_uses_only_earlier_folds():
+    """Fold k's sequential predictions do not change when the outcomes of folds >= k change."""
+    X, Y, W, clusters = _rct(n_clusters=45, per=4, seed=4)
+    folds = make_folds(clusters, 3, seed=0)
+    a = crossfit_cate(X, Y, W, clusters, folds, SMALL, seed=1, with_outcome_model=True, scheme="sequential")
+    assert np.isnan(a.tau_hat[folds == 0]).all() and np.isfinite(a.tau_hat[folds > 0]).all()
+    Y2 = Y.copy()
+    Y2[folds >= 1] += 5.0 * np.random.default_rng(1).normal(size=(folds >= 1).sum())
+    b = crossfit_cate(X, Y2, W, clusters, folds, SMALL, seed=1, with_outcome_model=True, scheme="sequential")
+    np.testing.assert_array_equal(a.tau_hat[folds == 1], b.tau_hat[folds == 1])
+    np.testing.assert_array_equal(a.m_hat[folds == 1], b.m_hat[folds == 1])
+    assert not np.array_equal(a.tau_hat[folds == 2], b.tau_hat[folds == 2])
