@@ -263,9 +263,13 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     units = read_units(units_path)
     features_dir, out = Path(features_dir), Path(out_dir)
     index = json.loads(require(features_dir / "index.json", "the features stage's index.json").read_text())
-    if index["unit_id"] != units["unit_id"].astype(str).tolist():
-        raise EstimationError(str(features_dir / "index.json"), "the units of units.parquet, in order",
-                              "a different unit list", "re-run the features stage")
+    ids = units["unit_id"].astype(str)
+    unknown = set(index["unit_id"]) - set(ids)
+    if unknown:
+        raise EstimationError(str(features_dir / "index.json"), "units that are in units.parquet",
+                              f"{len(unknown)} unknown unit ids", "re-run the features stage")
+    if len(index["unit_id"]) != len(units):  # units dropped upstream (locations outside every scene)
+        units = units.set_index(ids.to_numpy()).loc[index["unit_id"]].reset_index(drop=True)
     sets = index["sets"]
     if cfg.dr_reference not in sets:
         raise ConfigError("cate.dr_reference", f"one of the feature sets {list(sets)}", repr(cfg.dr_reference),

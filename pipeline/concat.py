@@ -96,7 +96,15 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
     units = read_units(units_path)
     tile_dir, embed_dir, out = Path(tile_dir), Path(embed_dir), Path(out_dir)
     locations = pd.read_parquet(require(tile_dir / "locations.parquet", "the chip store's location list"))
-    scales = list(dict.fromkeys(pd.read_parquet(tile_dir / "manifest.parquet")["scale"]))
+    manifest = pd.read_parquet(require(tile_dir / "manifest.parquet", "the chip store's manifest"))
+    scales = list(dict.fromkeys(manifest["scale"]))
+    dropped_locs = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
+    keep = ~units["location_id"].astype(str).isin(dropped_locs)
+    n_dropped = int((~keep).sum())
+    if n_dropped:
+        print(f"features: dropping {n_dropped} units at {len(dropped_locs)} locations outside every scene "
+              f"(tile.on_outside: drop)")
+        units = units[keep.to_numpy()].reset_index(drop=True)
     pos = pd.Series(np.arange(len(locations)), index=locations["location_id"].astype(str))
     loc_idx = pos.reindex(units["location_id"].astype(str)).to_numpy()
     if np.isnan(loc_idx.astype(float)).any():
@@ -114,7 +122,8 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
     sets = resolve_scale_sets(cfg.scale_sets, scales)
     cov_cols = covariate_columns(units) if cfg.covariates else []
     cov = units[cov_cols].to_numpy(dtype=np.float64) if cov_cols else None
-    index = {"unit_id": units["unit_id"].astype(str).tolist(), "encoders": list(cfg.encoders), "sets": {}}
+    index = {"unit_id": units["unit_id"].astype(str).tolist(), "encoders": list(cfg.encoders),
+             "dropped_units": n_dropped, "dropped_locations": sorted(dropped_locs), "sets": {}}
     for name, scale_set in sets.items():
         X, cols = concat_features(embeddings, scale_set, cfg.encoders, loc_idx, cov, cov_cols, emb_names)
         write_npy(out / f"{name}.npy", X)

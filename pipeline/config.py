@@ -54,8 +54,19 @@ class ScaleConfig:
 
 @dataclass(frozen=True)
 class TileConfig:
+    """Tiling: scales, resampling, radiometry ('auto', 'none', 'l2' or a DN multiplier), band selection by
+    name (empty = all), optional seeded location jitter [min, max] in metres, read-block size, threads,
+    and the policy for locations outside every scene ('error' or 'drop')."""
+
     scales: tuple[ScaleConfig, ...] = ()
     resampling: str = "average"
+    radiometry: Union[float, str] = "auto"
+    bands: tuple[str, ...] = ()
+    jitter_m: tuple[float, ...] = ()
+    jitter_seed: int = 0
+    block_px: int = 1024
+    workers: int = 1
+    on_outside: str = "error"
 
 
 @dataclass(frozen=True)
@@ -197,6 +208,19 @@ def _check_ranges(cfg: Config, source: str) -> None:
             bad(f"tile.scales[{i}].px", "a positive output size in pixels", sc.px, "use e.g. 32")
         if not sc.name or "+" in sc.name or "/" in sc.name:
             bad(f"tile.scales[{i}].name", "a non-empty name without '+' or '/'", sc.name, "rename it")
+    t = cfg.tile
+    if isinstance(t.radiometry, str) and t.radiometry not in ("auto", "none", "l2"):
+        bad("tile.radiometry", "'auto', 'none', 'l2' or a positive DN multiplier", t.radiometry, "use auto")
+    if isinstance(t.radiometry, float) and t.radiometry <= 0:
+        bad("tile.radiometry", "a positive DN multiplier", t.radiometry, "e.g. 0.00392156862745098 for 8-bit")
+    if t.jitter_m and (len(t.jitter_m) != 2 or not 0 <= t.jitter_m[0] <= t.jitter_m[1]):
+        bad("tile.jitter_m", "[min, max] metres with 0 <= min <= max", list(t.jitter_m), "e.g. [0, 2000]")
+    if t.block_px < 64:
+        bad("tile.block_px", "at least 64 pixels", t.block_px, "use 1024")
+    if t.workers < 1:
+        bad("tile.workers", "at least 1 thread", t.workers, "use 1 or the number of cores")
+    if t.on_outside not in ("error", "drop"):
+        bad("tile.on_outside", "'error' or 'drop'", t.on_outside, "pick one")
     if cfg.tile.resampling not in RESAMPLING_METHODS:
         bad("tile.resampling", f"one of {RESAMPLING_METHODS}", cfg.tile.resampling, "pick one of them")
     if cfg.embed.batch_size < 1:

@@ -1,37 +1,50 @@
-"""Multi-scale chips around locations, with windows in metres.
+"""Multi-scale chips around locations, with windows in metres; chip store and manifest.
 
 For each location and each scale (a square window ``size_m`` metres wide, resampled to ``px`` x ``px``):
 
-1. the location is reprojected into the scene's CRS;
-2. the window [x - size_m/2, x + size_m/2] x [y - size_m/2, y + size_m/2] is converted to fractional pixel
-   coordinates of the scene; the integer pixels covering it are read with one rasterio windowed read
-   (clipped to the raster); pixels outside the raster are NaN (padding, never a shifted window);
-3. the window is resampled to ``px`` x ``px`` by exact area weighting (``average``: each output pixel is
-   the NaN-aware, overlap-weighted mean of the source pixels it covers; works for any size ratio and
-   fractional window origins) or by ``nearest`` (the source pixel under each output pixel's centre);
-4. the valid fraction (share of the window's area covered by valid source pixels) is recorded.
+1. the location (lon/lat) is reprojected into each candidate scene's CRS (candidates come from the
+   footprint index; optional seeded DHS-style jitter displaces it first);
+2. the window [x - size_m/2, x + size_m/2] x [y - size_m/2, y + size_m/2] becomes fractional pixel
+   coordinates of the scene; pixels outside the raster, nodata, and QA fill/cloud/shadow pixels are NaN
+   (a window crossing the edge is padded, never shifted);
+3. the window is resampled to ``px`` x ``px``: ``average`` is exact area weighting (each output pixel is the
+   overlap-weighted mean of the valid source pixels it covers, for any size ratio and fractional origin),
+   ``nearest`` takes the source pixel under each output pixel's centre;
+4. the valid fraction (share of the window's area covered by valid pixels) and cloud fraction are
+   recorded; among scenes covering a location the chip with the highest valid fraction is kept.
 
-Chips are float32 reflectance, NaN where invalid, stored per scale as (locations, bands, px, px).
+Speed: locations are grouped by scene and by ``block_px`` x ``block_px`` tiles of their centres; each group
+reads the region covering all its windows **once** and slices every chip of every scale out of it, so memory
+is bounded by one block per worker whatever the scene size. Resampling is batched: all chips of one scale in
+a group are two batched matrix products (rows, then columns) with per-chip weight matrices.
+
+Chips are float32 values (reflectance for L2 products), stored per scale in a Zarr group
+``chips.zarr/<scale>`` of shape (locations, bands, px, px), plus ``manifest.parquet`` (written last: its
+presence marks a complete store) and ``locations.parquet``.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import rasterio
-from rasterio.windows import Window
+from numpy.lib.stride_tricks import sliding_window_view
 
-from .artifacts import read_npy, require, write_npy, write_with
+from .artifacts import require, write_with
 from .config import ScaleConfig, TileConfig
-from .errors import ImageryError, TilingError
-from .imagery import Scene, SceneCatalog, to_reflectance
+from .errors import ArtifactError, ImageryError, TilingError
+from .imagery import Radiometry, Scene, SceneCatalog, SceneReader
 from .sites import locations_table, read_units
+
+RESAMPLING = ("average", "nearest")
 
 
 @dataclass
@@ -44,146 +57,317 @@ class ChipSet:
 
 
 def area_weights(start: float, length: float, n_out: int) -> tuple[int, np.ndarray]:
-    """Overlap weights of ``n_out`` equal output bins over source pixels.
+    """Overlap weights of ``n_out`` equal output bins over source pixels (one window).
 
     The output covers source coordinates [start, start + length) (in source pixels, fractional). Returns
     ``(first, W)`` where source pixel ``first + j`` contributes ``W[i, j]`` (its overlap, in source pixels)
     to output bin ``i``. Rows of ``W`` sum to ``length / n_out``.
     """
-    first = math.floor(start)
-    last = math.ceil(start + length)
-    edges = start + np.arange(n_out + 1) * (length / n_out)
-    lo = np.maximum(edges[:-1, None], np.arange(first, last)[None, :])
-    hi = np.minimum(edges[1:, None], np.arange(first, last)[None, :] + 1)
+    first, w = window_weights(np.array([start]), length, n_out)
+    n_src = math.ceil(start + length) - int(first[0])
+    return int(first[0]), w[0][:, :n_src]
+
+
+def window_weights(starts: np.ndarray, length: float, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Batched :func:`area_weights`: (first (N,), W (N, n_out, ceil(length) + 1))."""
+    starts = np.asarray(starts, dtype=np.float64)
+    first = np.floor(starts).astype(np.int64)
+    n_src = int(math.ceil(length)) + 1
+    edges = starts[:, None] + np.arange(n_out + 1)[None, :] * (length / n_out)  # (N, n_out + 1)
+    cells = first[:, None] + np.arange(n_src)[None, :]  # (N, n_src)
+    lo = np.maximum(edges[:, :-1, None], cells[:, None, :])
+    hi = np.minimum(edges[:, 1:, None], cells[:, None, :] + 1)
     return first, np.clip(hi - lo, 0.0, None)
 
 
-def _resample(block: np.ndarray, valid: np.ndarray, wr: np.ndarray, wc: np.ndarray, method: str) -> np.ndarray:
-    if method == "average":
-        filled = np.where(valid, block, 0.0)
-        num = np.einsum("ij,bjk,lk->bil", wr, filled, wc, optimize=True)
-        den = wr @ valid[0].astype(np.float64) @ wc.T
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = num / den[None]
-        out[:, den <= 1e-12] = np.nan
-        return out.astype(np.float32)
-    if method == "nearest":
-        ri = np.argmax(wr, axis=1)
-        ci = np.argmax(wc, axis=1)
-        out = block[:, ri][:, :, ci].astype(np.float32)
-        out[~np.broadcast_to(valid[:, ri][:, :, ci], out.shape)] = np.nan
-        return out
-    raise TilingError("resampling", "'average' or 'nearest'", repr(method), "set tile.resampling")
+def check_scale(scale: ScaleConfig, res: float, where: str) -> None:
+    """Raise a TilingError when a window is smaller than two source pixels (likely pixels given as metres)."""
+    if scale.size_m < 2 * res:
+        raise TilingError(f"scale {scale.name}: size_m ({where})",
+                          f"a window in metres of at least two pixels ({2 * res:g} m at {res:g} m/pixel)",
+                          f"{scale.size_m:g} m",
+                          "give size_m in metres (e.g. 960), not in pixels; px is the output size in pixels")
 
 
-def read_chip(ds: rasterio.io.DatasetReader, scene: Scene, x: float, y: float, scale: ScaleConfig,
-              resampling: str = "average", apply_scale: bool = True) -> tuple[np.ndarray, float, tuple]:
-    """Read one chip centred on (x, y) in the scene's CRS.
+def jitter_offsets(n: int, jitter_m: Sequence[float] | None, seed: int) -> np.ndarray:
+    """(n, 2) displacements in metres: uniform direction, distance uniform in [min, max] (DHS style)."""
+    if not jitter_m:
+        return np.zeros((n, 2))
+    lo, hi = float(jitter_m[0]), float(jitter_m[1])
+    if not 0 <= lo <= hi:
+        raise TilingError("tile.jitter_m", "[min, max] metres with 0 <= min <= max", repr(list(jitter_m)),
+                          "e.g. [0, 2000] for DHS urban displacement")
+    rng = np.random.default_rng(seed)
+    angle = rng.uniform(0, 2 * np.pi, n)
+    dist = rng.uniform(lo, hi, n)
+    return np.column_stack([dist * np.cos(angle), dist * np.sin(angle)])
 
-    Returns:
-        chip (bands, px, px) float32 with NaN where invalid, the valid fraction of the window, and the
-        window bounds (minx, miny, maxx, maxy) in the scene's CRS.
+
+def _resample_batch(vals: np.ndarray, valid: np.ndarray, wr: np.ndarray, wc: np.ndarray, method: str):
+    """vals (N, C, n, n) with NaN, valid (N, n, n) bool, weights (N, px, n) -> (chips, den (N, px, px)).
+
+    ``average``: an output pixel is the mean over the valid part of its area, and NaN when less than half
+    of its area is valid (a sliver of data at a raster edge does not stand for the whole pixel).
     """
-    res = scene.res
-    if scale.size_m < res:
-        raise TilingError(f"scale {scale.name}: size_m", f"a window of at least one pixel ({res:g} m)",
-                          f"{scale.size_m:g} m", "enlarge the window or use finer imagery")
+    validf = valid.astype(np.float64)
+    den = np.matmul(np.matmul(wr, validf), wc.transpose(0, 2, 1))
+    if method == "average":
+        filled = np.where(valid[:, None], vals, 0.0)
+        num = np.matmul(np.matmul(wr[:, None], filled), wc.transpose(0, 2, 1)[:, None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = num / den[:, None]
+        bin_area = wr[0].sum(axis=1).max() * wc[0].sum(axis=1).max()
+        out[np.broadcast_to((den < 0.5 * bin_area)[:, None], out.shape)] = np.nan
+        return out.astype(np.float32), den
+    if method == "nearest":
+        ri = np.argmax(wr, axis=2)  # (N, px): the source cell with the largest overlap ~ the centre's cell
+        ci = np.argmax(wc, axis=2)
+        n_idx = np.arange(vals.shape[0])[:, None, None]
+        out = vals[n_idx, :, ri[:, :, None], ci[:, None, :]]  # (N, px, px, C)
+        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.float32), den
+    raise TilingError("tile.resampling", f"one of {RESAMPLING}", repr(method), "set tile.resampling")
+
+
+def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig],
+                method: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """Chips of every scale for one group of locations, from one read of their covering block."""
+    scene = reader.scene
     a = scene.affine
-    half = scale.size_m / 2.0
-    minx, maxx, miny, maxy = x - half, x + half, y - half, y + half
-    col_start = (minx - a.c) / a.a
-    row_start = (maxy - a.f) / a.e  # a.e < 0 for north-up rasters
-    length = scale.size_m / res
-    c0, wc = area_weights(col_start, length, scale.px)
-    r0, wr = area_weights(row_start, length, scale.px)
-    nr, nc = wr.shape[1], wc.shape[1]
-    block = np.full((scene.count, nr, nc), np.nan, dtype=np.float32)
-    rr0, rr1 = max(r0, 0), min(r0 + nr, scene.height)
-    cc0, cc1 = max(c0, 0), min(c0 + nc, scene.width)
-    if rr1 > rr0 and cc1 > cc0:
-        dn = ds.read(window=Window(cc0, rr0, cc1 - cc0, rr1 - rr0))
-        block[:, rr0 - r0: rr1 - r0, cc0 - c0: cc1 - c0] = to_reflectance(dn, scene, apply_scale)
-    valid = np.isfinite(block).all(axis=0, keepdims=True)
-    total = wr.sum() * wc.sum()
-    valid_frac = float((wr @ valid[0].astype(np.float64) @ wc.T).sum() / total) if total > 0 else 0.0
-    chip = _resample(block, valid, wr, wc, resampling)
-    return chip, valid_frac, (minx, miny, maxx, maxy)
+    plan = {}
+    r_lo, r_hi, c_lo, c_hi = [], [], [], []
+    for s in scales:
+        half = s.size_m / 2.0
+        length = s.size_m / scene.res
+        col_start = (xs - half - a.c) / a.a
+        row_start = (ys + half - a.f) / a.e
+        fr, wr = window_weights(row_start, length, s.px)
+        fc, wc = window_weights(col_start, length, s.px)
+        plan[s.name] = (fr, wr, fc, wc, (xs - half, ys - half, xs + half, ys + half))
+        n_src = wr.shape[2]
+        r_lo.append(fr.min()), r_hi.append(fr.max() + n_src), c_lo.append(fc.min()), c_hi.append(fc.max() + n_src)
+    # the block covering every window of the group, clipped to the raster, read once
+    br0, br1 = max(min(r_lo), 0), min(max(r_hi), scene.height)
+    bc0, bc1 = max(min(c_lo), 0), min(max(c_hi), scene.width)
+    ox, oy = min(c_lo), min(r_lo)  # block-array origin in raster pixels (may be negative)
+    h, w = max(r_hi) - oy, max(c_hi) - ox
+    vals = np.full((scene.count, h, w), np.nan, dtype=np.float32)
+    cloud = np.zeros((h, w), dtype=bool)
+    if br1 > br0 and bc1 > bc0:
+        v, c = reader.read(int(br0), int(bc0), int(br1 - br0), int(bc1 - bc0))
+        vals[:, br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = v
+        cloud[br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = c
+    valid_all = np.isfinite(vals).all(axis=0)
+    out = {}
+    for s in scales:
+        fr, wr, fc, wc, bounds = plan[s.name]
+        n_src = wr.shape[2]
+        rr, cc = fr - oy, fc - ox
+        blocks = sliding_window_view(vals, (n_src, n_src), axis=(1, 2))[:, rr, cc]  # (C, N, n, n)
+        blocks = np.moveaxis(blocks, 0, 1)
+        valid = sliding_window_view(valid_all, (n_src, n_src))[rr, cc]
+        cl = sliding_window_view(cloud, (n_src, n_src))[rr, cc].astype(np.float64)
+        chips, den = _resample_batch(blocks, valid, wr, wc, method)
+        area = (s.size_m / scene.res) ** 2
+        vf = den.sum(axis=(1, 2)) / area
+        cf = np.matmul(np.matmul(wr, cl), wc.transpose(0, 2, 1)).sum(axis=(1, 2)) / area
+        out[s.name] = (chips, vf, cf, np.column_stack(bounds))
+    return out
 
 
 def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
-                   scales: Sequence[ScaleConfig], resampling: str = "average",
-                   apply_scale: bool = True, progress: bool = False) -> ChipSet:
-    """Cut chips at every scale for every location, choosing per chip the scene with most valid pixels.
+                   scales: Sequence[ScaleConfig], resampling: str = "average", radiometry: Radiometry = "auto",
+                   jitter_m: Sequence[float] | None = None, jitter_seed: int = 0, block_px: int = 1024,
+                   workers: int = 1, on_outside: str = "error", progress: bool = False) -> ChipSet:
+    """Cut chips at every scale for every location, keeping per chip the scene with most valid pixels.
+
+    Args:
+        catalog: the scenes. location_ids, lon, lat: the locations (EPSG:4326).
+        scales: window sizes in metres and output sizes in pixels.
+        resampling: ``average`` (exact area weighting) or ``nearest``.
+        radiometry: see :func:`pipeline.imagery.radiometry_for`.
+        jitter_m: optional [min, max] displacement in metres (seeded by ``jitter_seed``).
+        block_px: side of the location groups that share one read.
+        workers: threads reading and resampling groups in parallel.
+        on_outside: ``error`` (default) or ``drop`` for locations outside every scene; dropped ones are
+            listed in the manifest with ``scene`` empty and valid fraction 0.
 
     Raises:
-        ImageryError: when some locations fall outside every scene (names them; hints at swapped lon/lat).
+        ImageryError: locations outside every scene (names them; hints at swapped lon/lat).
+        TilingError: invalid scales or resampling.
     """
     if not scales:
         raise TilingError("tile.scales", "at least one scale", "none", "list scales under tile.scales")
+    if resampling not in RESAMPLING:
+        raise TilingError("tile.resampling", f"one of {RESAMPLING}", repr(resampling), "set tile.resampling")
+    if on_outside not in ("error", "drop"):
+        raise TilingError("tile.on_outside", "'error' or 'drop'", repr(on_outside), "pick one")
+    for scene in catalog.scenes:
+        for s in scales:
+            check_scale(s, scene.res, scene.name)
+    lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
     n = len(location_ids)
     count = catalog.scenes[0].count
+    offsets = jitter_offsets(n, jitter_m, jitter_seed)
     chips = {s.name: np.full((n, count, s.px, s.px), np.nan, dtype=np.float32) for s in scales}
     best = {s.name: np.full(n, -1.0) for s in scales}
-    meta: dict[tuple[str, int], tuple] = {}
+    meta = {s.name: {"scene": np.full(n, "", dtype=object), "crs": np.full(n, "", dtype=object),
+                     "cloud": np.zeros(n), "bounds": np.full((n, 4), np.nan)} for s in scales}
     covered = np.zeros(n, dtype=bool)
-    iterator = catalog.scenes
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(iterator, desc="tiling scenes")
-    for scene in iterator:
-        xs, ys = catalog.project(scene, lon, lat)
+    candidates = catalog.candidates(lon, lat)
+    jobs = []
+    for scene, cand in zip(catalog.scenes, candidates):
+        xs, ys = catalog.project(scene, lon[cand], lat[cand])
+        xs, ys = xs + offsets[cand, 0], ys + offsets[cand, 1]
         minx, miny, maxx, maxy = scene.bounds
-        inside = np.flatnonzero((xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy))
-        covered[inside] = True
-        with rasterio.open(scene.path) as ds:
-            for i in inside:
-                for s in scales:
-                    chip, vf, bounds = read_chip(ds, scene, xs[i], ys[i], s, resampling, apply_scale)
-                    if vf > best[s.name][i]:
-                        best[s.name][i] = vf
-                        chips[s.name][i] = chip
-                        meta[(s.name, i)] = (scene.path, vf, bounds, scene.crs)
+        inside = (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
+        idx, xs, ys = cand[inside], xs[inside], ys[inside]
+        covered[idx] = True
+        a = scene.affine
+        key_r = np.floor((ys - a.f) / a.e / block_px).astype(np.int64)
+        key_c = np.floor((xs - a.c) / a.a / block_px).astype(np.int64)
+        order = np.lexsort((key_c, key_r))
+        keys = np.column_stack([key_r, key_c])[order]
+        cuts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1 if len(order) else []
+        for grp in np.split(order, cuts) if len(order) else []:
+            jobs.append((scene, idx[grp], xs[grp], ys[grp]))
+
+    import threading
+
+    local = threading.local()
+    readers: list[SceneReader] = []
+
+    def reader_for(scene: Scene) -> SceneReader:
+        cache = getattr(local, "readers", None)
+        if cache is None:
+            cache = local.readers = {}
+        if scene.name not in cache:
+            cache[scene.name] = SceneReader(scene, radiometry)
+            readers.append(cache[scene.name])
+        return cache[scene.name]
+
+    def run(job):
+        scene, idx, xs, ys = job
+        return scene, idx, _tile_group(reader_for(scene), xs, ys, scales, resampling)
+
+    try:
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as pool:
+                results = pool.map(run, jobs)
+                results = _progress(results, len(jobs), progress)
+                for item in results:
+                    _keep(item, chips, best, meta)
+        else:
+            for item in _progress(map(run, jobs), len(jobs), progress):
+                _keep(item, chips, best, meta)
+    finally:
+        for r in readers:
+            r.close()
+
+    dropped = []
     if not covered.all():
         missing = [location_ids[i] for i in np.flatnonzero(~covered)]
-        hint = ""
-        sw_hit = 0
-        for scene in catalog.scenes:
-            xs, ys = catalog.project(scene, lat[~covered], lon[~covered])
-            minx, miny, maxx, maxy = scene.bounds
-            sw_hit += int(((xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)).sum())
-        if sw_hit:
-            hint = f" ({sw_hit} of them fall inside a scene if lon and lat are swapped: check the column order)"
-        raise ImageryError("locations", "every location inside at least one scene",
-                           f"{len(missing)} of {n} outside all scenes, e.g. {missing[:5]}{hint}",
-                           "add scenes covering them or drop those units explicitly")
+        if on_outside == "error":
+            sw = _swapped_hits(catalog, lon[~covered], lat[~covered])
+            hint = (f" ({sw} of them fall inside a scene if lon and lat are swapped: check the column order)"
+                    if sw else "")
+            raise ImageryError("locations", "every location inside at least one scene",
+                               f"{len(missing)} of {n} outside all scenes, e.g. {missing[:5]}{hint}",
+                               "add scenes covering them, or set tile.on_outside: drop to drop them (counted)")
+        dropped = missing
     rows = []
     for s in scales:
+        m = meta[s.name]
         for i, loc in enumerate(location_ids):
-            path, vf, (bx0, by0, bx1, by1), crs = meta[(s.name, i)]
             rows.append({"location_id": loc, "index": i, "scale": s.name, "size_m": s.size_m, "px": s.px,
-                         "scene": path, "crs": crs, "valid_fraction": vf,
-                         "minx": bx0, "miny": by0, "maxx": bx1, "maxy": by1})
-    return ChipSet(location_ids=list(location_ids), chips=chips, manifest=pd.DataFrame(rows))
+                         "scene": m["scene"][i], "crs": m["crs"][i], "valid_fraction": max(best[s.name][i], 0.0),
+                         "cloud_fraction": m["cloud"][i], "minx": m["bounds"][i, 0], "miny": m["bounds"][i, 1],
+                         "maxx": m["bounds"][i, 2], "maxy": m["bounds"][i, 3],
+                         "jitter_dx": offsets[i, 0], "jitter_dy": offsets[i, 1], "dropped": bool(~covered[i])})
+    chipset = ChipSet(location_ids=list(location_ids), chips=chips, manifest=pd.DataFrame(rows))
+    chipset.dropped = dropped
+    return chipset
+
+
+def _progress(it, total, show):
+    if not show:
+        return it
+    from tqdm import tqdm
+    return tqdm(it, total=total, desc="tiling", unit="block")
+
+
+def _keep(item, chips, best, meta) -> None:
+    scene, idx, res = item
+    for name, (c, vf, cf, bounds) in res.items():
+        better = vf > best[name][idx]
+        sel = idx[better]
+        chips[name][sel] = c[better]
+        best[name][sel] = vf[better]
+        meta[name]["scene"][sel] = scene.name
+        meta[name]["crs"][sel] = scene.crs
+        meta[name]["cloud"][sel] = cf[better]
+        meta[name]["bounds"][sel] = bounds[better]
+
+
+def _swapped_hits(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray) -> int:
+    ok = (np.abs(lat) <= 180) & (np.abs(lon) <= 90)
+    if not ok.any():
+        return 0
+    hits = np.zeros(ok.sum(), dtype=bool)
+    for scene in catalog.scenes:
+        xs, ys = catalog.project(scene, lat[ok], lon[ok])
+        minx, miny, maxx, maxy = scene.bounds
+        hits |= (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
+    return int(hits.sum())
 
 
 def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
-    """Write one ``<scale>.npy`` per scale, ``manifest.parquet`` and ``locations.parquet`` (atomically each;
-    the manifest is written last, so its presence marks a complete store)."""
+    """Write ``chips.zarr`` (one array per scale), ``locations.parquet`` and ``manifest.parquet``.
+
+    The old manifest is removed first and the new one written last, after the Zarr store has been
+    written under a temporary name and renamed: a store without a manifest is incomplete.
+    """
+    import zarr
+
     out = Path(out_dir)
-    for name, arr in chipset.chips.items():
-        write_npy(out / f"{name}.npy", arr)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest_path = out / "manifest.parquet"
+    if manifest_path.exists():
+        manifest_path.unlink()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-chips.zarr-", dir=out))
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        for name, arr in chipset.chips.items():
+            chunk = (max(1, min(256, arr.shape[0])),) + arr.shape[1:]
+            z = group.create_array(name, shape=arr.shape, chunks=chunk, dtype="float32", fill_value=np.nan)
+            z[:] = arr
+        final = out / "chips.zarr"
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
     write_with(out / "locations.parquet",
-               lambda tmp: pd.DataFrame({"location_id": chipset.location_ids}).to_parquet(tmp, index=False))
-    write_with(out / "manifest.parquet", lambda tmp: chipset.manifest.to_parquet(tmp, index=False))
+               lambda t: pd.DataFrame({"location_id": chipset.location_ids}).to_parquet(t, index=False))
+    write_with(manifest_path, lambda t: chipset.manifest.to_parquet(t, index=False))
 
 
-def read_chip_store(tile_dir: str | os.PathLike) -> tuple[list[str], dict[str, np.ndarray], pd.DataFrame]:
-    """Read location ids, chips per scale and the manifest written by :func:`write_chipset`."""
+def read_chip_store(tile_dir: str | os.PathLike, in_memory: bool = False):
+    """(location ids, {scale: chips}, manifest) of a chip store; chips are lazy Zarr arrays unless
+    ``in_memory``. Reading never needs the source rasters."""
+    import zarr
+
     tile_dir = Path(tile_dir)
-    manifest_path = require(tile_dir / "manifest.parquet", "a complete chip store (manifest.parquet)")
-    manifest = pd.read_parquet(manifest_path)
+    manifest = pd.read_parquet(require(tile_dir / "manifest.parquet", "a complete chip store (manifest.parquet)"))
     locations = pd.read_parquet(tile_dir / "locations.parquet")["location_id"].tolist()
-    chips = {s: read_npy(tile_dir / f"{s}.npy") for s in dict.fromkeys(manifest["scale"])}
+    try:
+        group = zarr.open_group(str(tile_dir / "chips.zarr"), mode="r")
+    except Exception:
+        raise ArtifactError(str(tile_dir / "chips.zarr"), "a Zarr chip store", "a missing or unreadable store",
+                            "re-run the tile stage") from None
+    chips = {}
+    for s in dict.fromkeys(manifest["scale"]):
+        chips[s] = group[s][:] if in_memory else group[s]
     return locations, chips, manifest
 
 
@@ -192,8 +376,12 @@ def tile_study(units_path: str | os.PathLike, scene_paths: Sequence[str], cfg: T
     """Tile every location of a units file at every scale of ``cfg`` and write the chip store."""
     units = read_units(units_path)
     locs = locations_table(units)
-    catalog = SceneCatalog.from_paths(scene_paths)
+    catalog = SceneCatalog.from_paths(scene_paths, bands=list(cfg.bands) or None)
     chipset = tile_locations(catalog, locs["location_id"].astype(str).tolist(), locs.geometry.x.to_numpy(),
-                             locs.geometry.y.to_numpy(), cfg.scales, cfg.resampling, progress=progress)
+                             locs.geometry.y.to_numpy(), cfg.scales, cfg.resampling, radiometry=cfg.radiometry,
+                             jitter_m=list(cfg.jitter_m) or None, jitter_seed=cfg.jitter_seed,
+                             block_px=cfg.block_px, workers=cfg.workers, on_outside=cfg.on_outside,
+                             progress=progress)
     write_chipset(chipset, out_dir)
+    write_with(Path(out_dir) / "scenes.parquet", lambda t: catalog.footprints().to_parquet(t, index=False))
     return chipset

@@ -91,3 +91,21 @@ def test_non_binary_treatment(tiny_study, tmp_path, capsys):
     assert tile.main(["--params", str(params), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "units.parquet: W" in err and "0/1" in err
+
+
+def test_locations_outside_are_dropped_and_counted(tiny_study, tmp_path, capsys):
+    params, out = tiny_study
+    cfg = yaml.safe_load(params.read_text())
+    units = gpd.read_parquet(out / "prepare" / "units.parquet")
+    far = units["location_id"] == units["location_id"].iloc[0]
+    units.loc[far, "geometry"] = gpd.points_from_xy([10.0] * far.sum(), [10.0] * far.sum())
+    units.to_parquet(out / "prepare" / "units.parquet")
+    assert tile.main(["--params", str(params), "--out", str(out)]) == 2
+    assert "outside all scenes" in capsys.readouterr().err
+    cfg["tile"]["on_outside"] = "drop"
+    params.write_text(yaml.safe_dump(cfg))
+    for stage in (tile, embed, features, cate, evaluate):
+        assert stage.main(["--params", str(params), "--out", str(out)]) == 0
+    assert f"dropping {int(far.sum())} units" in capsys.readouterr().out
+    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
+    assert metrics["n_units"] == len(units) - int(far.sum())

