@@ -36,8 +36,8 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
 
+from ._area_kernel import area_resample, summed_area
 from .artifacts import require, write_with
 from .config import ScaleConfig, TileConfig
 from .errors import ArtifactError, ImageryError, TilingError
@@ -57,26 +57,19 @@ class ChipSet:
 
 
 def area_weights(start: float, length: float, n_out: int) -> tuple[int, np.ndarray]:
-    """Overlap weights of ``n_out`` equal output bins over source pixels (one window).
+    """Overlap weights of ``n_out`` equal output bins over source pixels (one window; a reference for tests
+    and for readers of the resampling maths).
 
     The output covers source coordinates [start, start + length) (in source pixels, fractional). Returns
     ``(first, W)`` where source pixel ``first + j`` contributes ``W[i, j]`` (its overlap, in source pixels)
     to output bin ``i``. Rows of ``W`` sum to ``length / n_out``.
     """
-    first, w = window_weights(np.array([start]), length, n_out)
-    n_src = math.ceil(start + length) - int(first[0])
-    return int(first[0]), w[0][:, :n_src]
-
-
-def window_weights(starts: np.ndarray, length: float, n_out: int) -> tuple[np.ndarray, np.ndarray]:
-    """Batched :func:`area_weights`: (first (N,), W (N, n_out, ceil(length) + 1))."""
-    starts = np.asarray(starts, dtype=np.float64)
-    first = np.floor(starts).astype(np.int64)
-    n_src = int(math.ceil(length)) + 1
-    edges = starts[:, None] + np.arange(n_out + 1)[None, :] * (length / n_out)  # (N, n_out + 1)
-    cells = first[:, None] + np.arange(n_src)[None, :]  # (N, n_src)
-    lo = np.maximum(edges[:, :-1, None], cells[:, None, :])
-    hi = np.minimum(edges[:, 1:, None], cells[:, None, :] + 1)
+    first = math.floor(start)
+    last = math.ceil(start + length)
+    edges = start + np.arange(n_out + 1) * (length / n_out)
+    cells = np.arange(first, last)
+    lo = np.maximum(edges[:-1, None], cells[None, :])
+    hi = np.minimum(edges[1:, None], cells[None, :] + 1)
     return first, np.clip(hi - lo, 0.0, None)
 
 
@@ -103,75 +96,101 @@ def jitter_offsets(n: int, jitter_m: Sequence[float] | None, seed: int) -> np.nd
     return np.column_stack([dist * np.cos(angle), dist * np.sin(angle)])
 
 
-def _resample_batch(vals: np.ndarray, valid: np.ndarray, wr: np.ndarray, wc: np.ndarray, method: str):
-    """vals (N, C, n, n) with NaN, valid (N, n, n) bool, weights (N, px, n) -> (chips, den (N, px, px)).
-
-    ``average``: an output pixel is the mean over the valid part of its area, and NaN when less than half
-    of its area is valid (a sliver of data at a raster edge does not stand for the whole pixel).
-    """
-    validf = valid.astype(np.float64)
-    den = np.matmul(np.matmul(wr, validf), wc.transpose(0, 2, 1))
-    if method == "average":
-        filled = np.where(valid[:, None], vals, 0.0)
-        num = np.matmul(np.matmul(wr[:, None], filled), wc.transpose(0, 2, 1)[:, None])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = num / den[:, None]
-        bin_area = wr[0].sum(axis=1).max() * wc[0].sum(axis=1).max()
-        out[np.broadcast_to((den < 0.5 * bin_area)[:, None], out.shape)] = np.nan
-        return out.astype(np.float32), den
-    if method == "nearest":
-        ri = np.argmax(wr, axis=2)  # (N, px): the source cell with the largest overlap ~ the centre's cell
-        ci = np.argmax(wc, axis=2)
-        n_idx = np.arange(vals.shape[0])[:, None, None]
-        out = vals[n_idx, :, ri[:, :, None], ci[:, None, :]]  # (N, px, px, C)
-        return np.ascontiguousarray(out.transpose(0, 3, 1, 2)).astype(np.float32), den
-    raise TilingError("tile.resampling", f"one of {RESAMPLING}", repr(method), "set tile.resampling")
-
-
 def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig],
                 method: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """Chips of every scale for one group of locations, from one read of their covering block."""
+    """Chips of every scale for one group of locations, from one read of their covering block.
+
+    Exact area averaging uses summed-area tables of the block (:mod:`pipeline._area_kernel`); an output
+    pixel is the mean over the valid part of its area, and NaN when less than half of its area is valid (a
+    sliver of data at a raster edge does not stand for the whole pixel).
+    """
     scene = reader.scene
     a = scene.affine
     plan = {}
-    r_lo, r_hi, c_lo, c_hi = [], [], [], []
     for s in scales:
         half = s.size_m / 2.0
         length = s.size_m / scene.res
         col_start = (xs - half - a.c) / a.a
         row_start = (ys + half - a.f) / a.e
-        fr, wr = window_weights(row_start, length, s.px)
-        fc, wc = window_weights(col_start, length, s.px)
-        plan[s.name] = (fr, wr, fc, wc, (xs - half, ys - half, xs + half, ys + half))
-        n_src = wr.shape[2]
-        r_lo.append(fr.min()), r_hi.append(fr.max() + n_src), c_lo.append(fc.min()), c_hi.append(fc.max() + n_src)
-    # the block covering every window of the group, clipped to the raster, read once
-    br0, br1 = max(min(r_lo), 0), min(max(r_hi), scene.height)
-    bc0, bc1 = max(min(c_lo), 0), min(max(c_hi), scene.width)
-    ox, oy = min(c_lo), min(r_lo)  # block-array origin in raster pixels (may be negative)
-    h, w = max(r_hi) - oy, max(c_hi) - ox
+        plan[s.name] = (row_start, col_start, length, (xs - half, ys - half, xs + half, ys + half))
+    oy = math.floor(min(p[0].min() for p in plan.values()))
+    ox = math.floor(min(p[1].min() for p in plan.values()))
+    h = math.ceil(max((p[0] + p[2]).max() for p in plan.values())) - oy
+    w = math.ceil(max((p[1] + p[2]).max() for p in plan.values())) - ox
+    # the block covering every window of the group, read once; outside the raster stays NaN
     vals = np.full((scene.count, h, w), np.nan, dtype=np.float32)
     cloud = np.zeros((h, w), dtype=bool)
+    br0, br1 = max(oy, 0), min(oy + h, scene.height)
+    bc0, bc1 = max(ox, 0), min(ox + w, scene.width)
     if br1 > br0 and bc1 > bc0:
         v, c = reader.read(int(br0), int(bc0), int(br1 - br0), int(bc1 - bc0))
         vals[:, br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = v
         cloud[br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = c
-    valid_all = np.isfinite(vals).all(axis=0)
+    valid = np.isfinite(vals).all(axis=0)
+    all_valid = bool(valid.all())
+    S = summed_area(vals if all_valid else np.where(valid, vals, np.float32(0)))
+    if all_valid:  # the table of an all-ones mask is i * j
+        Sv = np.outer(np.arange(h + 1, dtype=np.float64), np.arange(w + 1, dtype=np.float64))
+    else:
+        Sv = summed_area(valid)
+    Sc = summed_area(cloud) if cloud.any() else np.zeros((h + 1, w + 1))
     out = {}
     for s in scales:
-        fr, wr, fc, wc, bounds = plan[s.name]
-        n_src = wr.shape[2]
-        rr, cc = fr - oy, fc - ox
-        blocks = sliding_window_view(vals, (n_src, n_src), axis=(1, 2))[:, rr, cc]  # (C, N, n, n)
-        blocks = np.moveaxis(blocks, 0, 1)
-        valid = sliding_window_view(valid_all, (n_src, n_src))[rr, cc]
-        cl = sliding_window_view(cloud, (n_src, n_src))[rr, cc].astype(np.float64)
-        chips, den = _resample_batch(blocks, valid, wr, wc, method)
-        area = (s.size_m / scene.res) ** 2
-        vf = den.sum(axis=(1, 2)) / area
-        cf = np.matmul(np.matmul(wr, cl), wc.transpose(0, 2, 1)).sum(axis=(1, 2)) / area
-        out[s.name] = (chips, vf, cf, np.column_stack(bounds))
+        row_start, col_start, length, bounds = plan[s.name]
+        steps = np.arange(s.px + 1) * (length / s.px)
+        er = np.clip(row_start[:, None] - oy + steps[None, :], 0, h)
+        ec = np.clip(col_start[:, None] - ox + steps[None, :], 0, w)
+        bin_area = (length / s.px) ** 2
+        chips, den, cloudy = area_resample(S, Sv, Sc, er, ec, 0.5 * bin_area)
+        if method == "nearest":
+            ri = np.minimum(np.floor((er[:, :-1] + er[:, 1:]) / 2).astype(np.int64), h - 1)
+            ci = np.minimum(np.floor((ec[:, :-1] + ec[:, 1:]) / 2).astype(np.int64), w - 1)
+            chips = np.moveaxis(vals[:, ri[:, :, None], ci[:, None, :]], 0, 1).copy()
+            chips[np.broadcast_to(~valid[ri[:, :, None], ci[:, None, :]][:, None], chips.shape)] = np.nan
+        area = length * length
+        out[s.name] = (chips, den.sum(axis=(1, 2)) / area, cloudy / area, np.column_stack(bounds))
     return out
+
+
+def plan_jobs(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, offsets: np.ndarray, block_px: int):
+    """Group locations by scene and by ``block_px`` tiles of their centres.
+
+    Returns ([(scene, location indices, xs, ys) per group], covered mask). Each group is read with one
+    windowed read covering all its windows.
+    """
+    covered = np.zeros(len(lon), dtype=bool)
+    jobs = []
+    for scene, cand in zip(catalog.scenes, catalog.candidates(lon, lat)):
+        xs, ys = catalog.project(scene, lon[cand], lat[cand])
+        xs, ys = xs + offsets[cand, 0], ys + offsets[cand, 1]
+        minx, miny, maxx, maxy = scene.bounds
+        inside = (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
+        idx, xs, ys = cand[inside], xs[inside], ys[inside]
+        covered[idx] = True
+        if not len(idx):
+            continue
+        a = scene.affine
+        key_r = np.floor((ys - a.f) / a.e / block_px).astype(np.int64)
+        key_c = np.floor((xs - a.c) / a.a / block_px).astype(np.int64)
+        order = np.lexsort((key_c, key_r))
+        keys = np.column_stack([key_r, key_c])[order]
+        cuts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+        for grp in np.split(order, cuts):
+            jobs.append((scene, idx[grp], xs[grp], ys[grp]))
+    return jobs, covered
+
+
+def block_region(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig]):
+    """(row0, col0, nrows, ncols) of the in-raster region covering every window of a group."""
+    a = scene.affine
+    half = max(s.size_m for s in scales) / 2.0
+    c0 = math.floor(((xs - half - a.c) / a.a).min())
+    c1 = math.ceil(((xs + half - a.c) / a.a).max()) + 1
+    r0 = math.floor(((ys + half - a.f) / a.e).min())
+    r1 = math.ceil(((ys - half - a.f) / a.e).max()) + 1
+    r0, c0 = max(r0, 0), max(c0, 0)
+    r1, c1 = min(r1, scene.height), min(c1, scene.width)
+    return r0, c0, max(r1 - r0, 0), max(c1 - c0, 0)
 
 
 def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
@@ -212,24 +231,7 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     best = {s.name: np.full(n, -1.0) for s in scales}
     meta = {s.name: {"scene": np.full(n, "", dtype=object), "crs": np.full(n, "", dtype=object),
                      "cloud": np.zeros(n), "bounds": np.full((n, 4), np.nan)} for s in scales}
-    covered = np.zeros(n, dtype=bool)
-    candidates = catalog.candidates(lon, lat)
-    jobs = []
-    for scene, cand in zip(catalog.scenes, candidates):
-        xs, ys = catalog.project(scene, lon[cand], lat[cand])
-        xs, ys = xs + offsets[cand, 0], ys + offsets[cand, 1]
-        minx, miny, maxx, maxy = scene.bounds
-        inside = (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
-        idx, xs, ys = cand[inside], xs[inside], ys[inside]
-        covered[idx] = True
-        a = scene.affine
-        key_r = np.floor((ys - a.f) / a.e / block_px).astype(np.int64)
-        key_c = np.floor((xs - a.c) / a.a / block_px).astype(np.int64)
-        order = np.lexsort((key_c, key_r))
-        keys = np.column_stack([key_r, key_c])[order]
-        cuts = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1 if len(order) else []
-        for grp in np.split(order, cuts) if len(order) else []:
-            jobs.append((scene, idx[grp], xs[grp], ys[grp]))
+    jobs, covered = plan_jobs(catalog, lon, lat, offsets, block_px)
 
     import threading
 
