@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
@@ -109,6 +110,8 @@ def _forest(cfg, seed: int, propensity):
                                     n_jobs=cfg.n_jobs, random_state=seed)
     if propensity == "estimate":
         model_t = LogisticRegression(max_iter=1000)
+    elif propensity == "share":
+        model_t = DummyClassifier(strategy="prior")
     else:
         model_t = KnownPropensity(float(propensity))
     return CausalForestDML(model_y=model_y, model_t=model_t, discrete_treatment=True, cv=2,
@@ -191,6 +194,8 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         if cfg.propensity == "estimate":
             e_model = LogisticRegression(max_iter=1000).fit(X[tr], W[tr])
             e_hat[te] = e_model.predict_proba(X[te])[:, 1]
+        elif cfg.propensity == "share":
+            e_hat[te] = W[tr].mean()
         else:
             e_hat[te] = float(cfg.propensity)
         if with_outcome_model:

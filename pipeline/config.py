@@ -44,6 +44,48 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
+class ColumnsConfig:
+    """Names of the required columns in the user's units file."""
+
+    unit_id: str = "unit_id"
+    location_id: str = "location_id"
+    cluster_id: str = "cluster_id"
+    W: str = "W"
+    Y: str = "Y"
+    lon: str = "lon"
+    lat: str = "lat"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """A real study's inputs (see README, "Studies and their data").
+
+    ``root`` is relative to the params file's folder; the environment variable named by ``root_env``
+    overrides it. ``units`` (CSV, Parquet/GeoParquet, GeoPackage or Stata) and ``scenes`` (files or
+    globs) are relative to the root. ``locations`` is an optional table of coordinates joined to the units
+    on ``location_key``. Treatment coded as strings is mapped with ``treated_codes``/``control_codes``;
+    ``outcome_difference: [endline, baseline]`` builds Y as their difference. Missing outcomes: ``error`` or
+    ``drop`` (counted); missing covariates: ``error`` or ``impute`` (median plus a missing indicator).
+    """
+
+    root: str = ""
+    root_env: str = ""
+    units: str = ""
+    locations: str = ""
+    location_key: str = ""
+    scenes: tuple[str, ...] = ()
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    covariates: tuple[str, ...] = ()
+    post_treatment: tuple[str, ...] = ()
+    treated_codes: tuple[str, ...] = ()
+    control_codes: tuple[str, ...] = ()
+    outcome_difference: tuple[str, ...] = ()
+    missing_outcome: str = "error"
+    missing_covariates: str = "error"
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class ScaleConfig:
     """One spatial scale: a square window ``size_m`` metres wide, resampled to ``px`` x ``px`` pixels."""
 
@@ -106,6 +148,7 @@ class EvaluateConfig:
 @dataclass(frozen=True)
 class Config:
     seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     tile: TileConfig = field(default_factory=TileConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
@@ -208,6 +251,22 @@ def _check_ranges(cfg: Config, source: str) -> None:
             bad(f"tile.scales[{i}].px", "a positive output size in pixels", sc.px, "use e.g. 32")
         if not sc.name or "+" in sc.name or "/" in sc.name:
             bad(f"tile.scales[{i}].name", "a non-empty name without '+' or '/'", sc.name, "rename it")
+    d = cfg.data
+    if d.missing_outcome not in ("error", "drop"):
+        bad("data.missing_outcome", "'error' or 'drop'", d.missing_outcome, "pick one")
+    if d.missing_covariates not in ("error", "impute"):
+        bad("data.missing_covariates", "'error' or 'impute'", d.missing_covariates, "pick one")
+    if d.outcome_difference and len(d.outcome_difference) != 2:
+        bad("data.outcome_difference", "[endline column, baseline column]", list(d.outcome_difference),
+            "give exactly two columns")
+    if d.locations and not d.location_key:
+        bad("data.location_key", "the column joining units to the locations file", "nothing",
+            "name the shared column, e.g. village_id")
+    bad_cov = sorted(set(d.covariates) & set(d.post_treatment))
+    if bad_cov:
+        bad("data.covariates", "pre-treatment covariates only",
+            f"{bad_cov}, declared post-treatment in data.post_treatment",
+            f"remove {bad_cov} from data.covariates: they are (functions of) the treatment")
     t = cfg.tile
     if isinstance(t.radiometry, str) and t.radiometry not in ("auto", "none", "l2"):
         bad("tile.radiometry", "'auto', 'none', 'l2' or a positive DN multiplier", t.radiometry, "use auto")
@@ -234,9 +293,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if not 0 < c.max_samples <= 0.5:
         bad("cate.max_samples", "a fraction in (0, 0.5] (required by forest inference)", c.max_samples,
             "use e.g. 0.45")
-    if isinstance(c.propensity, str) and c.propensity != "estimate":
-        bad("cate.propensity", "a known assignment probability in (0, 1) or 'estimate'", c.propensity,
-            "write the design probability, e.g. 0.5")
+    if isinstance(c.propensity, str) and c.propensity not in ("estimate", "share"):
+        bad("cate.propensity", "a known assignment probability in (0, 1), 'share' (out-of-fold treated "
+            "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")
     if isinstance(c.propensity, float) and not 0 < c.propensity < 1:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
     for t in cfg.evaluate.targets:

@@ -135,3 +135,147 @@ def locations_table(units: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     first = g.groupby("location_id", sort=True).first()
     return gpd.GeoDataFrame({"location_id": first.index.to_numpy()},
                             geometry=gpd.points_from_xy(first["_x"], first["_y"]), crs=units.crs)
+
+
+def resolve_data_root(cfg, base_dir: str | os.PathLike) -> Path:
+    """The data folder of a study: ``$<root_env>`` when set, else ``root`` relative to ``base_dir``.
+
+    Raises:
+        UnitsError: when the folder does not exist, saying where the data comes from and how to point to it.
+    """
+    import os as _os
+
+    env_value = _os.environ.get(cfg.root_env) if cfg.root_env else None
+    root = Path(env_value) if env_value else Path(base_dir) / cfg.root
+    if not cfg.root and not env_value:
+        raise UnitsError("data.root", "the folder holding the study's data", "nothing configured",
+                         "set data.root in params.yaml (relative to it) or the environment variable in data.root_env")
+    if not root.is_dir():
+        how = f"set data.root or the environment variable {cfg.root_env}" if cfg.root_env else "set data.root"
+        where = f" ({cfg.source})" if cfg.source else ""
+        raise UnitsError(str(root), "the study's data folder", "no such folder",
+                         f"obtain the data{where} and {how} to its location")
+    return root
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise UnitsError(str(path), "a units table", "no such file", "check data.units / data.locations")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".parquet", ".geoparquet"):
+            try:
+                return gpd.read_parquet(path)
+            except ValueError:
+                return pd.read_parquet(path)
+        if suffix in (".gpkg", ".shp", ".geojson"):
+            return gpd.read_file(path)
+        if suffix == ".dta":
+            return pd.read_stata(path, convert_categoricals=True)
+    except (OSError, ValueError) as exc:
+        raise UnitsError(str(path), "a readable table", f"an unreadable file ({exc})", "re-export the file") from None
+    raise UnitsError(str(path), "a .csv, .parquet, .gpkg or .dta file", f"a {suffix or 'suffix-less'} file",
+                     "convert the table to one of those formats")
+
+
+def _require_columns(df: pd.DataFrame, cols, source: str, key: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        import difflib
+
+        hints = {m: difflib.get_close_matches(m, [str(c) for c in df.columns], n=1) for m in missing}
+        hint = "; ".join(f"{m} -> {h[0]}?" for m, h in hints.items() if h)
+        raise UnitsError(f"{source}: columns", f"columns {missing} (from {key})",
+                         f"columns {[str(c) for c in df.columns][:20]}",
+                         f"fix {key} in params.yaml" + (f" ({hint})" if hint else ""))
+
+
+def load_study_units(cfg, base_dir: str | os.PathLike) -> tuple[gpd.GeoDataFrame, dict]:
+    """Read a real study's units file, map its columns to the contract and validate it.
+
+    Args:
+        cfg: a :class:`pipeline.config.DataConfig`.
+        base_dir: the folder of the params file (``data.root`` is relative to it).
+
+    Returns:
+        The validated units (covariates renamed ``x_<name>``) and a report of what was recoded, imputed or
+        dropped (never silently).
+    """
+    root = resolve_data_root(cfg, base_dir)
+    path = root / cfg.units
+    source = str(path)
+    raw = _read_table(path)
+    c = cfg.columns
+    if cfg.locations:
+        locs = _read_table(root / cfg.locations)
+        _require_columns(raw, [cfg.location_key], source, "data.location_key")
+        _require_columns(locs, [cfg.location_key, c.lon, c.lat], str(root / cfg.locations), "data.columns")
+        if locs[cfg.location_key].duplicated().any():
+            raise UnitsError(f"{root / cfg.locations}: {cfg.location_key}", "one row per location",
+                             "duplicated keys", "de-duplicate the locations file")
+        raw = raw.merge(pd.DataFrame(locs)[[cfg.location_key, c.lon, c.lat]], on=cfg.location_key,
+                        how="left", suffixes=("_units", ""))
+    needed = [c.unit_id, c.location_id, c.cluster_id, c.W, c.lon, c.lat] + list(cfg.covariates)
+    needed += list(cfg.outcome_difference) if cfg.outcome_difference else [c.Y]
+    _require_columns(raw, list(dict.fromkeys(needed)), source, "data.columns / data.covariates")
+    report: dict = {"source": source, "n_rows": int(len(raw))}
+
+    w = raw[c.W]
+    if cfg.treated_codes or cfg.control_codes:
+        codes = {**{str(v): 1 for v in cfg.treated_codes}, **{str(v): 0 for v in cfg.control_codes}}
+        as_str = w.astype(str)
+        unknown = sorted(set(as_str[w.notna()]) - set(codes))
+        if unknown:
+            raise UnitsError(f"{source}: {c.W}", f"treatment codes {sorted(codes)}", f"also {unknown[:5]}",
+                             "add them to data.treated_codes / data.control_codes or fix the file")
+        w = as_str.map(codes).where(w.notna())
+        report["treatment_codes"] = codes
+    if cfg.outcome_difference:
+        end, base = cfg.outcome_difference
+        y = pd.to_numeric(raw[end], errors="coerce") - pd.to_numeric(raw[base], errors="coerce")
+        report["outcome"] = f"{end} - {base}"
+    else:
+        y = raw[c.Y]
+    units = pd.DataFrame({
+        "unit_id": raw[c.unit_id].astype(str), "location_id": raw[c.location_id].astype(str),
+        "cluster_id": raw[c.cluster_id].astype(str), "W": w, "Y": y,
+        "lon": pd.to_numeric(raw[c.lon], errors="coerce"), "lat": pd.to_numeric(raw[c.lat], errors="coerce")})
+    missing_y = units["Y"].isna()
+    if missing_y.any():
+        if cfg.missing_outcome == "drop":
+            report["dropped_missing_outcome"] = int(missing_y.sum())
+            units, raw = units[~missing_y], raw[~missing_y.to_numpy()]
+        else:
+            raise UnitsError(f"{source}: outcome", "an outcome for every unit",
+                             f"{int(missing_y.sum())} of {len(units)} missing",
+                             "set data.missing_outcome: drop to drop them (counted in the report)")
+    imputed = {}
+    for col in cfg.covariates:
+        if col in cfg.post_treatment:
+            raise UnitsError(f"{source}: {col}", "pre-treatment covariates only", f"{col}, declared post-treatment",
+                             f"remove {col} from data.covariates")
+        v = pd.to_numeric(raw[col], errors="coerce").to_numpy(dtype=float)
+        name = col if col.startswith(COVARIATE_PREFIX) else f"{COVARIATE_PREFIX}{col}"
+        miss = np.isnan(v)
+        if miss.any():
+            if cfg.missing_covariates != "impute":
+                raise UnitsError(f"{source}: {col}", "no missing covariate values", f"{int(miss.sum())} missing",
+                                 "set data.missing_covariates: impute (median + indicator) or fill them")
+            v = np.where(miss, np.nanmedian(v), v)
+            units[f"{name}_missing"] = miss.astype(np.int64)
+            imputed[col] = int(miss.sum())
+        units[name] = v
+    if imputed:
+        report["imputed_covariates"] = imputed
+    if pd.api.types.is_numeric_dtype(units["W"]) and units["W"].notna().all():
+        units["W"] = units["W"].astype(np.int64)
+    units = units.reset_index(drop=True)
+    report["n_units"] = int(len(units))
+    report["n_locations"] = int(units["location_id"].nunique())
+    report["n_clusters"] = int(units["cluster_id"].nunique())
+    report["treated_share"] = float(pd.to_numeric(units["W"], errors="coerce").mean())
+    validated = validate_units(units, source=source, post_treatment=[
+        f"{COVARIATE_PREFIX}{p}" if not p.startswith(COVARIATE_PREFIX) else p for p in cfg.post_treatment])
+    return validated.drop(columns=["lon", "lat"]), report

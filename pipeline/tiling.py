@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import rasterio
 
 from ._area_kernel import area_resample, summed_area
 from .artifacts import require, write_with
@@ -251,6 +252,9 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         scene, idx, xs, ys = job
         return scene, idx, _tile_group(reader_for(scene), xs, ys, scales, resampling)
 
+    # every block is read exactly once: a large GDAL block cache only costs memory
+    env = rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20)
+    env.__enter__()
     try:
         if workers > 1:
             with ThreadPoolExecutor(workers) as pool:
@@ -264,6 +268,7 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     finally:
         for r in readers:
             r.close()
+        env.__exit__(None, None, None)
 
     dropped = []
     if not covered.all():

@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..imagery import resolve_scene_paths
+from ..sites import resolve_data_root
 from ..tiling import tile_study
 from ._common import run_stage
 
@@ -17,9 +19,14 @@ def add_args(p):
 def body(cfg, args) -> None:
     out = Path(args.out)
     units = args.units or out / "prepare" / "units.parquet"
-    scenes = args.scenes or sorted(str(p) for p in (out / "prepare" / "scenes").glob("*.tif"))
-    from ..imagery import resolve_scene_paths
-    chips = tile_study(units, resolve_scene_paths(scenes), cfg.tile, out / "tile")
+    if args.scenes:
+        scenes = resolve_scene_paths(args.scenes)
+    elif cfg.data.scenes:  # a real study: scenes relative to its data folder
+        root = resolve_data_root(cfg.data, Path(args.params).resolve().parent)
+        scenes = resolve_scene_paths(cfg.data.scenes, base=root)
+    else:  # the simulation
+        scenes = resolve_scene_paths(["*.tif"], base=out / "prepare" / "scenes")
+    chips = tile_study(units, scenes, cfg.tile, out / "tile")
     print(f"tile: {len(chips.location_ids)} locations x {len(chips.chips)} scales -> {out / 'tile'}")
 
 
