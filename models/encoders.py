@@ -123,6 +123,15 @@ def build_vit(name: str, in_chans: int, img_size: int = 32, patch_size: int = 8,
               depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0) -> TimmEncoder:
     from timm.models.vision_transformer import VisionTransformer
 
+    from .errors import EncoderError
+
+    if img_size % patch_size:
+        raise EncoderError(f"encoder {name!r}: img_size", f"a multiple of patch_size ({patch_size})",
+                           str(img_size), f"use {max(patch_size, round(img_size / patch_size) * patch_size)}")
+    if embed_dim % num_heads:
+        raise EncoderError(f"encoder {name!r}: num_heads", f"a divisor of embed_dim ({embed_dim})", str(num_heads),
+                           "choose heads that divide the embedding width")
+
     model = VisionTransformer(img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=0,
                               global_pool="avg", embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                               mlp_ratio=mlp_ratio)
@@ -136,7 +145,26 @@ def build_resnet(name: str, in_chans: int, img_size: int = 32, layers: Sequence[
     from timm.models.resnet import BasicBlock, ResNet
 
     channels = tuple(base_width * 2 ** i for i in range(len(layers)))
-    model = ResNet(block=BasicBlock, layers=tuple(layers), in_chans=in_chans, num_classes=0,
-                   stem_width=base_width, channels=channels, global_pool="avg")
+    # a deep stem (three 3x3 convolutions) whose width follows base_width, so that scaling the width
+    # scales every layer (timm's default 7x7 stem is fixed at 64 channels)
+    model = ResNet(block=BasicBlock, layers=tuple(layers), in_chans=in_chans, num_classes=0, stem_type="deep",
+                   stem_width=max(4, base_width // 2), channels=channels, global_pool="avg")
     cfg = dict(img_size=img_size, layers=list(layers), base_width=base_width)
     return TimmEncoder(name, "resnet", in_chans, img_size, model, channels[-1], cfg)
+
+
+def build_regnet(name: str, in_chans: int, img_size: int = 32, depth: int = 6, w0: int = 16, wa: float = 16.0,
+                 wm: float = 2.0, group_size: int = 8) -> TimmEncoder:
+    """A timm RegNet (Radosavovic et al. 2020) from its design-space parameters, global-average pooled."""
+    from timm.models.regnet import RegNet, RegNetCfg
+
+    from .errors import EncoderError
+
+    cfg_r = RegNetCfg(depth=depth, w0=w0, wa=wa, wm=wm, group_size=group_size, stem_width=max(8, w0 // 2))
+    try:
+        model = RegNet(cfg_r, in_chans=in_chans, num_classes=0, global_pool="avg")
+    except AssertionError:
+        raise EncoderError(f"encoder {name!r}", "RegNet parameters (depth, w0, wa, wm) that give 4 stages",
+                           f"depth={depth}, w0={w0}, wa={wa}, wm={wm}", "e.g. depth 6, w0 16, wa 16, wm 2") from None
+    cfg = dict(img_size=img_size, depth=depth, w0=w0, wa=wa, wm=wm, group_size=group_size)
+    return TimmEncoder(name, "regnet", in_chans, img_size, model, model.num_features, cfg)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from .encoders import Encoder, SpectralStats, build_resnet, build_vit
+from .encoders import Encoder, SpectralStats, build_regnet, build_resnet, build_vit
 from .errors import EncoderError
 from .weights import load_weights
 
@@ -25,6 +25,7 @@ FAMILIES: dict[str, Callable[..., Encoder]] = {
     "spectral": lambda name, in_chans, **kw: SpectralStats(name=name, in_chans=in_chans, **kw),
     "vit": build_vit,
     "resnet": build_resnet,
+    "regnet": build_regnet,
 }
 
 PRESET_DIR = Path(os.environ.get("MSCATE_ENCODER_PRESETS", Path(__file__).resolve().parents[1] / "configs" / "encoders"))
@@ -91,6 +92,42 @@ def create_encoder(name: str, *, in_chans: int, seed: int = 0, weights: str | os
     enc.seed = seed
     if weights is not None:
         enc.weights_digest = load_weights(enc, weights)
+    enc.eval()
+    return enc
+
+
+def from_hub(hub_id: str, *, in_chans: int) -> Encoder:
+    """A pretrained timm model from the Hugging Face hub (needs network access), pooled, ``in_chans`` bands.
+
+    Raises:
+        EncoderError: when the download fails (offline, unknown model), saying how to use local weights.
+    """
+    import timm
+
+    from .encoders import TimmEncoder
+
+    try:
+        model = timm.create_model(hub_id, pretrained=True, in_chans=in_chans, num_classes=0)
+    except Exception as exc:  # timm/huggingface_hub raise many types when offline or for unknown ids
+        raise EncoderError(f"hub model {hub_id!r}", "weights downloadable from the model hub",
+                           f"a failure ({type(exc).__name__}; offline or unknown model?)",
+                           "download the checkpoint where there is network access and pass weights=PATH "
+                           "(safetensors) with a matching preset") from None
+    size = int(model.pretrained_cfg.get("input_size", (in_chans, 224, 224))[-1])
+    enc = TimmEncoder(hub_id, "hub", in_chans, size, model, model.num_features, {"hub": hub_id})
+    enc.weights_digest = None
+    enc.seed = None
+    return enc.eval()
+
+
+def build_family(config: dict[str, Any], in_chans: int, seed: int = 0) -> Encoder:
+    """Build an encoder from a full configuration mapping with a ``family`` key (e.g. a scaled preset)."""
+    spec = dict(config)
+    family = spec.pop("family", None)
+    if family not in FAMILIES:
+        raise EncoderError("config: family", f"one of {sorted(FAMILIES)}", repr(family), "fix the configuration")
+    torch.manual_seed(seed)
+    enc = FAMILIES[family](name=f"{family}-scaled", in_chans=in_chans, **spec)
     enc.eval()
     return enc
 

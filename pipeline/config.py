@@ -116,6 +116,7 @@ class EmbedConfig:
     encoders: tuple[str, ...] = ("spectral",)
     batch_size: int = 64
     device: str = "auto"
+    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,20 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class ScalingConfig:
+    """Scaling-strategy study: encoder presets to grow, strategies, FLOPs factors, timing options."""
+
+    bases: tuple[str, ...] = ("vit_scaling_base", "resnet_scaling_base")
+    strategies: tuple[str, ...] = ("d", "w", "r", "dw", "dr", "wr", "dwr", "dWr")
+    factors: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    in_chans: int = 6
+    batch_size: int = 32
+    repeats: int = 5
+    timing: bool = True
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -155,6 +170,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     cate: CateConfig = field(default_factory=CateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -298,6 +314,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
             "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")
     if isinstance(c.propensity, float) and not 0 < c.propensity < 1:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
+    sc = cfg.scaling
+    if any(f <= 0 for f in sc.factors) or 1.0 not in sc.factors:
+        bad("scaling.factors", "positive FLOPs factors including 1 (the base)", list(sc.factors), "e.g. [1, 2, 4, 8]")
+    for st in sc.strategies:
+        if st not in ("d", "w", "r", "dw", "dr", "wr", "dwr", "dWr"):
+            bad("scaling.strategies", "names among d, w, r, dw, dr, wr, dwr, dWr", st, "fix the name")
     for t in cfg.evaluate.targets:
         if t not in ("AUTOC", "QINI"):
             bad("evaluate.targets", "AUTOC and/or QINI", t, "use AUTOC or QINI")

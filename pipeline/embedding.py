@@ -31,15 +31,67 @@ def choose_device(device: str = "auto") -> torch.device:
     return dev
 
 
-def embed_chips(encoder: Encoder, chips: np.ndarray, batch_size: int = 64, device: str = "auto",
+class ChipBatches(torch.utils.data.Dataset):
+    """Blocks of chips read from an array-like store (NumPy or Zarr).
+
+    Item i holds rows [i*r, (i+1)*r) with r the store's chunk length along locations (at least the batch
+    size), so that every compressed chunk is decoded exactly once.
+    """
+
+    def __init__(self, chips, batch_size: int):
+        self.chips = chips
+        chunk = getattr(chips, "chunks", None)
+        rows = int(chunk[0]) if chunk else batch_size
+        self.rows = max(batch_size, rows - rows % batch_size if rows >= batch_size else rows)
+
+    def __len__(self) -> int:
+        return (self.chips.shape[0] + self.rows - 1) // self.rows
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        s = i * self.rows
+        return torch.from_numpy(np.ascontiguousarray(self.chips[s: s + self.rows], dtype=np.float32))
+
+
+def _prefetch(iterable, depth: int = 2):
+    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (reading overlaps compute)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+
+    def work():
+        try:
+            for item in iterable:
+                q.put(item)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def embed_chips(encoder: Encoder, chips, batch_size: int = 64, device: str = "auto", num_workers: int = 0,
                 progress: bool = False, desc: str = "embedding") -> np.ndarray:
-    """Encode chips into a (locations, embed_dim) float32 array.
+    """Encode chips (NumPy or Zarr array, locations x bands x px x px) into (locations, embed_dim) float32.
+
+    Blocks are read by a DataLoader (``num_workers`` background processes; with 0, one background thread
+    prefetches two blocks ahead; pinned memory on a GPU), so reading the chip store overlaps with the
+    encoder's compute. On a GPU the encoder runs in bf16 autocast
+    with channels-last memory; on the CPU in float32 with deterministic algorithms.
 
     Raises:
         EncoderError: when the chip band count differs from the encoder's ``in_chans``.
     """
-    if chips.ndim != 4:
-        raise EncoderError("chips", "an array (locations, bands, px, px)", f"shape {chips.shape}",
+    if len(chips.shape) != 4:
+        raise EncoderError("chips", "an array (locations, bands, px, px)", f"shape {tuple(chips.shape)}",
                            "pass chips as written by the tile stage")
     if chips.shape[1] != encoder.in_chans:
         raise EncoderError(f"encoder {encoder.name!r}", f"{encoder.in_chans} input bands",
@@ -51,20 +103,26 @@ def embed_chips(encoder: Encoder, chips: np.ndarray, batch_size: int = 64, devic
     if gpu:
         enc = enc.to(memory_format=torch.channels_last)
     out = np.empty((chips.shape[0], encoder.embed_dim), dtype=np.float32)
-    starts = range(0, chips.shape[0], batch_size)
+    loader = torch.utils.data.DataLoader(ChipBatches(chips, batch_size), batch_size=None, shuffle=False,
+                                         num_workers=num_workers, pin_memory=gpu,
+                                         prefetch_factor=2 if num_workers else None,
+                                         persistent_workers=False)
+    batches = loader if num_workers else _prefetch(loader)
     if progress:
         from tqdm import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch")
+        batches = tqdm(batches, desc=desc, unit="block", total=len(loader))
+    s = 0
     with torch.inference_mode():
-        for s in starts:
-            x = torch.from_numpy(np.ascontiguousarray(chips[s: s + batch_size]))
-            if gpu:
-                x = x.pin_memory().to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.family != "spectral"):
+        for block in batches:
+            for x in block.split(batch_size):
+                if gpu:
+                    x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.family != "spectral"):
+                        y = enc(x)
+                else:
                     y = enc(x)
-            else:
-                y = enc(x)
-            out[s: s + len(x)] = y.float().cpu().numpy()
+                out[s: s + len(x)] = y.float().cpu().numpy()
+                s += len(x)
     return out
 
 
@@ -87,7 +145,8 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
     for name in cfg.encoders:
         enc = create_encoder(name, in_chans=bands, seed=seed)
         for scale, arr in chips.items():
-            emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, progress=progress, desc=f"{name}:{scale}")
+            emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
+                              progress=progress, desc=f"{name}:{scale}")
             write_npy(out / name / f"{scale}.npy", emb)
             result[(name, scale)] = emb
         names = enc.feature_names() if hasattr(enc, "feature_names") else [f"d{i}" for i in range(enc.embed_dim)]

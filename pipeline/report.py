@@ -27,3 +27,25 @@ def plot_toc(toc: pd.DataFrame, path: str | os.PathLike, title: str = "TOC") -> 
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def plot_scaling(table: pd.DataFrame, kind: str, path: str | os.PathLike) -> None:
+    """Log-log curves per base encoder: activations (``kind='acts'``) or time per image (``'time'``) against
+    FLOPs, one line per scaling strategy, as in Dollár, Singh & Girshick (2021)."""
+    import numpy as np
+
+    bases = list(dict.fromkeys(table["base"]))
+    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 4.2), dpi=120, squeeze=False)
+    for ax, b in zip(axes[0], bases):
+        for st, g in table[table["base"] == b].groupby("strategy", sort=False):
+            g = g.sort_values("flops")
+            y = g["acts"] if kind == "acts" else 1000.0 / g["images_per_s"]
+            slope = np.polyfit(np.log(g["flops"]), np.log(y), 1)[0]
+            ax.loglog(g["flops"], y, marker="o", ms=3, label=f"{st} ({slope:.2f})")
+        ax.set_xlabel("FLOPs (multiply-adds per image)")
+        ax.set_ylabel("activations per image" if kind == "acts" else "ms per image")
+        ax.set_title(b)
+        ax.legend(fontsize=7, title="strategy (fitted exponent)", title_fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

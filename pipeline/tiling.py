@@ -327,6 +327,14 @@ def _swapped_hits(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray) -> in
     return int(hits.sum())
 
 
+def chip_codec():
+    """The chip store's compressor: Blosc LZ4 with byte shuffle (decodes at memory speed, so that reading
+    chips hides behind the encoder)."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+
+
 def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
     """Write ``chips.zarr`` (one array per scale), ``locations.parquet`` and ``manifest.parquet``.
 
@@ -344,8 +352,9 @@ def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
     try:
         group = zarr.open_group(str(tmp), mode="w")
         for name, arr in chipset.chips.items():
-            chunk = (max(1, min(256, arr.shape[0])),) + arr.shape[1:]
-            z = group.create_array(name, shape=arr.shape, chunks=chunk, dtype="float32", fill_value=np.nan)
+            chunk = (max(1, min(64, arr.shape[0])),) + arr.shape[1:]
+            z = group.create_array(name, shape=arr.shape, chunks=chunk, dtype="float32", fill_value=np.nan,
+                                   compressors=chip_codec())
             z[:] = arr
         final = out / "chips.zarr"
         if final.exists():

@@ -11,7 +11,7 @@ import torch
 from models import EncoderError, create_encoder, encoder_card, list_encoders
 from pipeline.embedding import embed_chips
 
-NAMES = ["spectral", "vit_tiny", "resnet_tiny"]
+NAMES = ["spectral", "vit_tiny", "resnet_tiny", "regnet_tiny"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -77,8 +77,8 @@ def test_rgb_checkpoint_adapted_to_six_bands(tmp_path):
     path = tmp_path / "rgb.pt"
     torch.save(rgb.model.state_dict(), path)
     six = create_encoder("resnet_tiny", in_chans=6, weights=path)
-    w3 = rgb.model.conv1.weight
-    w6 = six.model.conv1.weight
+    w3 = rgb.model.conv1[0].weight  # the deep stem's first convolution
+    w6 = six.model.conv1[0].weight
     assert w6.shape[1] == 6
     torch.testing.assert_close(w6.sum(dim=1), w3.sum(dim=1))
 
@@ -110,3 +110,12 @@ def test_wrong_architecture_refused(tmp_path):
 def test_missing_weights_file(tmp_path):
     with pytest.raises(EncoderError):
         create_encoder("vit_tiny", in_chans=6, weights=tmp_path / "none.safetensors")
+
+
+def test_hub_download_fails_clearly_offline(monkeypatch):
+    from models.registry import from_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EncoderError) as exc:
+        from_hub("timm/vit_tiny_patch16_224.augreg_in21k", in_chans=6)
+    assert "weights=PATH" in exc.value.fix

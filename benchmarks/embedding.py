@@ -1,0 +1,92 @@
+"""Embedding throughput: our path (Zarr chip store -> DataLoader -> encoder) against the bare encoder forward
+on the same batches already in memory, in one process. Target: >= 0.9x the bare forward.
+
+    python benchmarks/embedding.py [--encoder vit_scaling_base] [--n 2048] [--workers 1] [--device auto]
+
+On a GPU it also reports the bf16-autocast speed-up over float32 for the bare forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import create_encoder
+from pipeline.embedding import choose_device, embed_chips
+from pipeline.tiling import chip_codec
+
+CODECS = {"none": lambda: None, "store": chip_codec}
+
+
+def bare_forward(enc, batches, device, bf16=False):
+    enc = enc.to(device).eval()
+    if device.type == "cuda":
+        enc = enc.to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for x in batches:
+            x = x.to(device, non_blocking=True)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                    enc(x)
+            else:
+                enc(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="vit_scaling_base")
+    ap.add_argument("--n", type=int, default=2048)
+    ap.add_argument("--px", type=int, default=64)
+    ap.add_argument("--bands", type=int, default=6)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=64, help="locations per Zarr chunk")
+    ap.add_argument("--codec", choices=sorted(CODECS), default="store", help="the chip store's codec or none")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    import zarr
+
+    device = choose_device(args.device)
+    rng = np.random.default_rng(0)
+    chips = rng.uniform(0, 0.4, (args.n, args.bands, args.px, args.px)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        z = zarr.open_group(str(Path(tmp) / "chips.zarr"), mode="w").create_array(
+            "s", shape=chips.shape, chunks=(args.chunk,) + chips.shape[1:], dtype="float32", compressors=CODECS[args.codec]())
+        z[:] = chips
+        enc = create_encoder(args.encoder, in_chans=args.bands, seed=0)
+        batches = [torch.from_numpy(chips[i: i + args.batch]) for i in range(0, args.n, args.batch)]
+        if device.type == "cuda":
+            batches = [b.pin_memory() for b in batches]
+        bare_forward(enc, batches[:2], device)  # warm-up
+        embed_chips(enc, z[: args.batch * 2], args.batch, str(device), num_workers=args.workers)  # warm-up
+        bare, ours = [], []
+        for _ in range(args.repeats):  # alternate, so that drifts of the machine hit both alike
+            t0 = time.perf_counter()
+            bare_forward(enc, batches, device)
+            bare.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            embed_chips(enc, z, args.batch, str(device), num_workers=args.workers)
+            ours.append(time.perf_counter() - t0)
+        t_bare, t_ours = float(np.median(bare)), float(np.median(ours))
+        print(f"device {device}; encoder {args.encoder}; {args.n} chips {args.bands}x{args.px}x{args.px}; "
+              f"batch {args.batch}; Zarr chunk {args.chunk} ({args.codec}); loader workers {args.workers}; median of {args.repeats}")
+        print(f"bare forward (in memory): {args.n / t_bare:9.1f} images/s")
+        print(f"store -> loader -> model: {args.n / t_ours:9.1f} images/s   ratio {t_bare / t_ours:.2f}")
+        if device.type == "cuda":
+            t0 = time.perf_counter()
+            bare_forward(enc, batches, device, bf16=True)
+            t_bf16 = time.perf_counter() - t0
+            print(f"bare forward bf16 autocast: {args.n / t_bf16:9.1f} images/s   speed-up {t_bare / t_bf16:.2f}x over fp32")
+
+
+if __name__ == "__main__":
+    main()
