@@ -130,6 +130,7 @@ class CrossFitResult:
     fold: np.ndarray
     m_hat: np.ndarray | None  # out-of-fold E[Y|X], when requested
     e_hat: np.ndarray  # propensity used for each unit
+    importance: np.ndarray | None = None  # feature importances of the CATE forests, averaged over folds
 
 
 def training_splits(folds: np.ndarray, scheme: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -173,6 +174,7 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
     tau, lo, hi, e_hat = (np.full(n, np.nan) for _ in range(4))
     m_hat = np.full(n, np.nan) if with_outcome_model else None
     groups = np.asarray(clusters)
+    importances = []
     it = splits
     if progress:
         from tqdm import tqdm
@@ -190,6 +192,7 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
                 forest.n_jobs = 1
             tau[te] = est.effect(X[te])
             lo_f, hi_f = est.effect_interval(X[te], alpha=0.05)
+            importances.append(np.asarray(est.feature_importances_, dtype=float).reshape(-1))
         lo[te], hi[te] = lo_f.reshape(-1), hi_f.reshape(-1)
         if cfg.propensity == "estimate":
             e_model = LogisticRegression(max_iter=1000).fit(X[tr], W[tr])
@@ -203,7 +206,19 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
                                              max_features=0.5, n_jobs=cfg.n_jobs, random_state=seed + 1000 + f)
             my.fit(X[tr], Y[tr])
             m_hat[te] = my.predict(X[te])
-    return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat)
+    return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat,
+                          importance=np.mean(importances, axis=0) if importances else None)
+
+
+def importance_by_scale(importance: np.ndarray, columns: list[str]) -> dict[str, float]:
+    """Sum feature importances per scale (columns ``encoder:scale:feature``) and for the covariates
+    (``cov:*``), normalised to sum to one: which scale carries the heterogeneity."""
+    out: dict[str, float] = {}
+    for imp, col in zip(importance, columns):
+        key = "covariates" if col.startswith("cov:") else col.split(":")[1]
+        out[key] = out.get(key, 0.0) + float(imp)
+    total = sum(out.values())
+    return {k: v / total for k, v in out.items()} if total > 0 else out
 
 
 def dr_scores(Y, W, tau_hat, m_hat, propensity) -> np.ndarray:
@@ -285,6 +300,7 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     unit_ids = units["unit_id"].astype(str).to_numpy()
     folds = make_folds(clusters, cfg.folds, seed)
     rows = []
+    importance = {}
     ref = ref_seq = None
     for name in sets:
         X = read_npy(features_dir / f"{name}.npy")
@@ -296,6 +312,8 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
         rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
                                   "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
                                   "priority_seq": sq.tau_hat}))
+        if kf.importance is not None:
+            importance[name] = importance_by_scale(kf.importance, sets[name]["columns"])
         if is_ref:
             ref, ref_seq = kf, sq
     seq_mask = ~np.isnan(ref_seq.tau_hat)
@@ -308,5 +326,6 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     table = pd.concat(rows, ignore_index=True)
     write_with(out / "dr.parquet", lambda tmp: dr.to_parquet(tmp, index=False))
     write_json(out / "sets.json", {k: v["scales"] for k, v in sets.items()})
+    write_json(out / "importance.json", importance)
     write_with(out / "cate.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     return table

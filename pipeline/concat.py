@@ -83,6 +83,33 @@ def concat_features(embeddings: Mapping[tuple[str, str], np.ndarray], scale_set:
     return np.hstack(blocks).astype(np.float64), names
 
 
+def reduce_embedding(emb: np.ndarray, standardize: bool, pca: int, where: str) -> tuple[np.ndarray, dict]:
+    """Per-scale reduction before concatenation, fitted on locations without outcomes (so fitting it on
+    every location is honest): drop constant columns, optionally standardise, optionally PCA to ``pca``.
+
+    Raises:
+        ConfigError: more PCA components than locations or than (non-constant) columns.
+    """
+    info: dict = {}
+    keep = np.ptp(emb, axis=0) > 0
+    if not keep.all():
+        info["dropped_constant_columns"] = int((~keep).sum())
+        emb = emb[:, keep]
+    if standardize:
+        emb = (emb - emb.mean(axis=0)) / emb.std(axis=0)
+    if pca:
+        limit = min(emb.shape)
+        if pca > limit:
+            raise ConfigError("features.pca", f"at most min(locations, columns) = {limit} components for {where}",
+                              str(pca), f"set features.pca to {limit} or fewer")
+        from sklearn.decomposition import PCA
+
+        model = PCA(n_components=pca, svd_solver="full").fit(emb)
+        emb = model.transform(emb)
+        info["pca_explained_variance"] = float(model.explained_variance_ratio_.sum())
+    return emb, info
+
+
 def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, embed_dir: str | os.PathLike,
                    cfg, out_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Write one unit-level feature matrix per scale set (``<set>.npy``) and ``index.json`` (unit ids, the
@@ -112,18 +139,26 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
         raise UnitsError(str(units_path), "every unit's location in the chip store",
                          f"untiled locations {missing}", "re-run the tile stage on this units file")
     loc_idx = loc_idx.astype(np.int64)
-    embeddings, emb_names = {}, {}
+    embeddings, emb_names, reduction = {}, {}, {}
     for enc in cfg.encoders:
         names_path = require(embed_dir / enc / "feature_names.json",
                              f"embeddings of encoder {enc!r} (list it under embed.encoders)")
         for s in scales:
-            embeddings[(enc, s)] = read_npy(embed_dir / enc / f"{s}.npy")
-            emb_names[(enc, s)] = json.loads(names_path.read_text())
+            emb = read_npy(embed_dir / enc / f"{s}.npy")
+            names = json.loads(names_path.read_text())
+            if cfg.standardize or cfg.pca or np.any(np.ptp(emb, axis=0) == 0):
+                keep = np.ptp(emb, axis=0) > 0
+                emb, info = reduce_embedding(emb, cfg.standardize, cfg.pca, f"{enc}:{s}")
+                names = [f"pc{i}" for i in range(emb.shape[1])] if cfg.pca else [n for n, k in zip(names, keep) if k]
+                reduction[f"{enc}:{s}"] = info
+            embeddings[(enc, s)] = emb
+            emb_names[(enc, s)] = names
     sets = resolve_scale_sets(cfg.scale_sets, scales)
     cov_cols = covariate_columns(units) if cfg.covariates else []
     cov = units[cov_cols].to_numpy(dtype=np.float64) if cov_cols else None
     index = {"unit_id": units["unit_id"].astype(str).tolist(), "encoders": list(cfg.encoders),
-             "dropped_units": n_dropped, "dropped_locations": sorted(dropped_locs), "sets": {}}
+             "dropped_units": n_dropped, "dropped_locations": sorted(dropped_locs), "reduction": reduction,
+             "sets": {}}
     for name, scale_set in sets.items():
         X, cols = concat_features(embeddings, scale_set, cfg.encoders, loc_idx, cov, cov_cols, emb_names)
         write_npy(out / f"{name}.npy", X)

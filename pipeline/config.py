@@ -121,9 +121,15 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class FeaturesConfig:
+    """Multi-scale Concatenation: encoders and scale sets to join, covariates, and the optional per-scale
+    reduction before joining (standardise columns; PCA to ``pca`` components; 0 = none), fitted on the
+    locations' embeddings without outcomes."""
+
     encoders: tuple[str, ...] = ("spectral",)
     scale_sets: tuple[str, ...] = ("singles", "all")
     covariates: bool = True
+    standardize: bool = False
+    pca: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +320,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
             "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")
     if isinstance(c.propensity, float) and not 0 < c.propensity < 1:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
+    if cfg.features.pca < 0:
+        bad("features.pca", "0 (no PCA) or a positive number of components", cfg.features.pca, "use e.g. 8")
     sc = cfg.scaling
     if any(f <= 0 for f in sc.factors) or 1.0 not in sc.factors:
         bad("scaling.factors", "positive FLOPs factors including 1 (the base)", list(sc.factors), "e.g. [1, 2, 4, 8]")

@@ -83,6 +83,34 @@ def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=No
     return combine_fold_rates(results)
 
 
+def calibration_test(Y, W, propensity, m_hat, tau_hat, clusters) -> dict:
+    """Best-linear-predictor calibration test of CATE estimates (as grf's ``test_calibration``).
+
+    Regress :math:`Y - \hat m(X)` on :math:`(W - e)\,\bar\tau` and :math:`(W - e)(\hat\tau - \bar\tau)`
+    without intercept. The first coefficient is 1 when the average prediction is correct; the second
+    ("differential") is 1 when the heterogeneity is well estimated, and a one-sided test of it being > 0
+    tests for heterogeneity the estimates capture. Standard errors are cluster-robust (CR1).
+    All inputs must be out-of-fold.
+    """
+    Y, W = np.asarray(Y, float), np.asarray(W, float)
+    e = np.broadcast_to(np.asarray(propensity, float), Y.shape)
+    tau = np.asarray(tau_hat, float)
+    mean_tau = tau.mean()
+    X = np.column_stack([(W - e) * mean_tau, (W - e) * (tau - mean_tau)])
+    y = Y - np.asarray(m_hat, float)
+    beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+    resid = y - X @ beta
+    bread = np.linalg.pinv(X.T @ X)
+    scores = pd.DataFrame(X * resid[:, None]).groupby(np.asarray(clusters)).sum().to_numpy()
+    g, n, k = len(scores), len(y), X.shape[1]
+    V = bread @ (scores.T @ scores * (g / (g - 1)) * ((n - 1) / (n - k))) @ bread
+    se = np.sqrt(np.clip(np.diag(V), 0, None))
+    t = beta / np.where(se > 0, se, np.nan)
+    return {"mean_prediction": float(beta[0]), "mean_prediction_se": float(se[0]),
+            "differential_prediction": float(beta[1]), "differential_prediction_se": float(se[1]),
+            "differential_p_one_sided": float(stats.norm.sf(t[1])) if np.isfinite(t[1]) else float("nan")}
+
+
 def _summary(res) -> dict:
     lo, hi = res.interval()
     return {"estimate": res.estimate, "std_err": res.std_err, "ratio": res.ratio, "ci_low": lo, "ci_high": hi,
@@ -106,6 +134,8 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
     table = pd.read_parquet(require(cate_dir / "cate.parquet", "the cate stage's cate.parquet"))
     dr = pd.read_parquet(require(cate_dir / "dr.parquet", "the cate stage's dr.parquet"))
     sets = json.loads(require(cate_dir / "sets.json", "the cate stage's sets.json").read_text())
+    importance_path = cate_dir / "importance.json"
+    importance = json.loads(importance_path.read_text()) if importance_path.exists() else {}
     seq_scores = dr["dr_score_seq"].to_numpy()
     clusters = dr["cluster_id"].to_numpy()
     folds = dr["fold"].to_numpy()
@@ -139,6 +169,9 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
             if target == cfg.targets[0]:
                 toc_rows.append(res.toc.assign(set=name).drop(columns="priority"))
         tau = g["tau_hat"].to_numpy()
+        entry["calibration"] = calibration_test(dr["Y"], dr["W"], dr["e_hat"], dr["m_hat"], tau, clusters)
+        if importance and name in importance:
+            entry["importance_by_scale"] = importance[name]
         if truth is not None:
             entry["corr_true_tau"] = float(np.corrcoef(tau, truth)[0, 1])
             entry["spearman_true_tau"] = float(stats.spearmanr(tau, truth).statistic)

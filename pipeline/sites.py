@@ -85,6 +85,10 @@ def validate_units(units: pd.DataFrame, source: str = "units",
         if not pd.api.types.is_numeric_dtype(units[col]):
             raise UnitsError(f"{source}: {col}", "numeric covariates", f"dtype {units[col].dtype}",
                              "encode it numerically (e.g. one-hot)")
+        n_missing = int(units[col].isna().sum())
+        if n_missing:
+            raise UnitsError(f"{source}: {col}", "no missing covariate values", f"{n_missing} of {n} missing",
+                             "impute them (real studies: data.missing_covariates: impute) or drop the column")
     geom = units.geometry
     xy = np.column_stack([geom.x.to_numpy(), geom.y.to_numpy()]) if len(geom) else np.zeros((0, 2))
     bad = ~np.isfinite(xy).all(axis=1)

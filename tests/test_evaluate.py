@@ -103,3 +103,28 @@ def test_sequential_calibration_500_and_pooled_kfold_is_not():
     """The documented finding: 500 null replications, sequential within 5 % +- 2 %, pooled K-fold far off."""
     assert 0.03 <= _rejection_rate(500, "sequential", seed=12) <= 0.07
     assert _rejection_rate(200, "kfold", seed=13) > 0.10
+
+
+def test_calibration_test_matches_statsmodels_and_detects_heterogeneity():
+    sm = pytest.importorskip("statsmodels.api")
+    from pipeline.evaluate import calibration_test
+
+    rng = np.random.default_rng(4)
+    n = 600
+    cl = np.repeat(np.arange(150), 4)
+    x = rng.normal(size=n)
+    W = rng.integers(0, 2, n)
+    tau = 1 + x
+    Y = x + W * tau + rng.normal(size=n)
+    m_hat = x + 0.5 * tau  # E[Y|X] with e = 0.5
+    tau_hat = tau + rng.normal(0, 0.3, n)
+    res = calibration_test(Y, W, 0.5, m_hat, tau_hat, cl)
+    X = np.column_stack([(W - 0.5) * tau_hat.mean(), (W - 0.5) * (tau_hat - tau_hat.mean())])
+    fit = sm.OLS(Y - m_hat, X).fit(cov_type="cluster", cov_kwds={"groups": cl})
+    assert res["mean_prediction"] == pytest.approx(fit.params[0])
+    assert res["differential_prediction"] == pytest.approx(fit.params[1])
+    assert res["differential_prediction_se"] == pytest.approx(fit.bse[1], rel=1e-6)
+    assert res["differential_p_one_sided"] < 1e-4
+    assert abs(res["differential_prediction"] - 1) < 0.3
+    noise = calibration_test(Y, W, 0.5, m_hat, rng.normal(size=n), cl)
+    assert noise["differential_p_one_sided"] > 0.01

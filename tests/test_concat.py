@@ -1,0 +1,45 @@
+"""Multi-scale Concatenation: scale sets, joining, per-scale reduction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.concat import concat_features, reduce_embedding, resolve_scale_sets
+from pipeline.errors import ConfigError
+
+
+def test_scale_set_presets():
+    scales = ["a", "b", "c"]
+    sets = resolve_scale_sets(["singles", "pairs", "all", "a+c"], scales)
+    assert list(sets) == ["a", "b", "c", "a+b", "a+c", "b+c", "all"]
+    assert sets["all"] == ("a", "b", "c") and sets["a+c"] == ("a", "c")
+
+
+def test_unknown_scale_in_set():
+    with pytest.raises(ConfigError) as exc:
+        resolve_scale_sets(["a+z"], ["a", "b"])
+    assert "a+z" in exc.value.where and "z" in exc.value.got
+
+
+def test_concat_joins_location_embeddings_then_covariates():
+    emb = {("e", "a"): np.arange(6.0).reshape(3, 2), ("e", "b"): 10 + np.arange(3.0).reshape(3, 1)}
+    loc = np.array([2, 0, 0, 1])
+    cov = np.array([[7.0], [8.0], [9.0], [6.0]])
+    X, names = concat_features(emb, ("a", "b"), ["e"], loc, cov, ["x_k"])
+    np.testing.assert_array_equal(X[0], [4, 5, 12, 7])
+    np.testing.assert_array_equal(X[2], [0, 1, 10, 9])
+    assert names == ["e:a:d0", "e:a:d1", "e:b:d0", "cov:x_k"]
+
+
+def test_reduction_drops_constant_columns_standardises_and_pca():
+    rng = np.random.default_rng(0)
+    emb = np.column_stack([rng.normal(size=(50, 5)) * [1, 10, 100, 1, 1], np.ones(50)])
+    out, info = reduce_embedding(emb, standardize=True, pca=0, where="e:a")
+    assert out.shape == (50, 5) and info["dropped_constant_columns"] == 1
+    np.testing.assert_allclose(out.std(axis=0), 1.0)
+    pcs, info = reduce_embedding(emb, standardize=True, pca=3, where="e:a")
+    assert pcs.shape == (50, 3) and 0 < info["pca_explained_variance"] <= 1
+    with pytest.raises(ConfigError) as exc:
+        reduce_embedding(emb[:4], standardize=False, pca=6, where="e:a")
+    assert exc.value.where == "features.pca"
