@@ -128,3 +128,19 @@ def test_calibration_test_matches_statsmodels_and_detects_heterogeneity():
     assert abs(res["differential_prediction"] - 1) < 0.3
     noise = calibration_test(Y, W, 0.5, m_hat, rng.normal(size=n), cl)
     assert noise["differential_p_one_sided"] > 0.01
+
+
+def test_held_out_selection_chooses_on_earlier_folds():
+    import pandas as pd
+
+    from pipeline.evaluate import held_out_selection
+    from pipeline.rate import RATEResult
+
+    def res(ests, ses):
+        return RATEResult(estimate=0.0, std_err=1.0, target="AUTOC", toc=pd.DataFrame(), n_boot=10,
+                          fold_estimates=tuple(ests), fold_std_errs=tuple(ses))
+
+    fr = {"AUTOC": {"a": res([1.0, 1.0, 0.0], [0.5, 0.5, 0.5]), "b": res([0.1, 0.1, 3.0], [0.5, 0.5, 0.5])}}
+    sel = held_out_selection(fr, "AUTOC")
+    assert sel["chosen"] == "a"  # b only looks good on the held-out fold, which selection never sees
+    assert sel["held_out"]["estimate"] == 0.0 and sel["held_out"]["std_err"] == 0.5
