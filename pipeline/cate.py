@@ -103,21 +103,58 @@ def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits) -> 
                                   "a single arm", "use fewer folds or check that treatment varies across clusters")
 
 
-def _forest(cfg, seed: int, propensity):
+def _propensity_model(propensity):
+    if propensity == "estimate":
+        return LogisticRegression(max_iter=1000)
+    if propensity == "share":
+        return DummyClassifier(strategy="prior")
+    return KnownPropensity(float(propensity))
+
+
+def make_learner(cfg, seed: int):
+    """The CATE learner named by ``cfg.learner``, with explicit nuisance models.
+
+    * ``causal_forest``: econml ``CausalForestDML`` (honest, inference on, nuisance cross-fitting inside);
+    * ``dr_forest``: econml ``ForestDRLearner`` (doubly-robust pseudo-outcomes, honest forest final stage).
+
+    Both have econml's ``fit(Y, T, *, X, W=None, groups=None)`` / ``effect(X)`` / ``effect_interval(X)``.
+    """
+    model_y = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                          n_jobs=cfg.n_jobs, random_state=seed)
+    model_t = _propensity_model(cfg.propensity)
+    if cfg.learner == "dr_forest":
+        from econml.dr import ForestDRLearner
+
+        return ForestDRLearner(model_regression=model_y, model_propensity=model_t, cv=2,
+                               n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
+                               max_samples=cfg.max_samples, honest=True, n_jobs=cfg.n_jobs, random_state=seed)
     from econml.dml import CausalForestDML
 
-    model_y = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
-                                    n_jobs=cfg.n_jobs, random_state=seed)
-    if propensity == "estimate":
-        model_t = LogisticRegression(max_iter=1000)
-    elif propensity == "share":
-        model_t = DummyClassifier(strategy="prior")
-    else:
-        model_t = KnownPropensity(float(propensity))
     return CausalForestDML(model_y=model_y, model_t=model_t, discrete_treatment=True, cv=2,
                            n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
                            max_samples=cfg.max_samples, honest=True, inference=True, n_jobs=cfg.n_jobs,
                            random_state=seed)
+
+
+def _single_thread_predictions(est) -> None:
+    """econml sums tree predictions from parallel threads in completion order, which changes the last
+    bits between runs; predicting with one thread keeps outputs bitwise reproducible."""
+    models = []
+    final = getattr(est, "ortho_learner_model_final_", None)
+    models += list(getattr(final, "models_cate", None) or [])  # ForestDRLearner: one forest per treatment
+    cate = getattr(est, "model_cate", None)
+    if cate is not None and not callable(cate):  # CausalForestDML: a (multi-output) forest
+        models += list(getattr(cate, "estimators_", [cate]))
+    for forest in models:
+        if hasattr(forest, "n_jobs"):
+            forest.n_jobs = 1
+
+
+def _importances(est) -> np.ndarray | None:
+    imp = getattr(est, "feature_importances_", None)
+    if callable(imp):  # ForestDRLearner: importances of the treatment-1 effect model
+        imp = imp(T=1)
+    return None if imp is None else np.asarray(imp, dtype=float).reshape(-1)
 
 
 @dataclass
@@ -180,19 +217,18 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         from tqdm import tqdm
         it = tqdm(splits, desc=desc, unit="fold")
     for f, tr, te in it:
-        est = _forest(cfg, seed + f, cfg.propensity)
+        est = make_learner(cfg, seed + f)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
             warnings.filterwarnings("ignore", message=".*out-of-bag predictions.*")
             est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
-            # econml sums tree predictions from parallel threads in completion order, which changes the
-            # last bits between runs; predicting with one thread keeps outputs bitwise reproducible.
-            for forest in getattr(est.model_cate, "estimators_", [est.model_cate]):
-                forest.n_jobs = 1
+            _single_thread_predictions(est)
             tau[te] = est.effect(X[te])
             lo_f, hi_f = est.effect_interval(X[te], alpha=0.05)
-            importances.append(np.asarray(est.feature_importances_, dtype=float).reshape(-1))
+            imp = _importances(est)
+            if imp is not None:
+                importances.append(imp)
         lo[te], hi[te] = lo_f.reshape(-1), hi_f.reshape(-1)
         if cfg.propensity == "estimate":
             e_model = LogisticRegression(max_iter=1000).fit(X[tr], W[tr])

@@ -165,3 +165,76 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
         index["sets"][name] = {"scales": list(scale_set), "columns": cols}
     write_json(out / "index.json", index)
     return sets
+
+
+class MultiScaleLearner:
+    """Multi-scale Concatenation around any single-scale CATE learner.
+
+    The learner must have econml's shape: ``fit(Y, T, *, X, W=None, groups=None)``, ``effect(X)`` and
+    optionally ``effect_interval(X, alpha=...)``. ``X`` is given per scale, as a mapping
+    ``{scale name: (n, d_scale) array}``; the wrapper joins the scales of ``scale_set`` (in that order,
+    optionally reduced per scale with :func:`reduce_embedding`, fitted on the training X only) and fits a
+    copy of the learner on the joined matrix, so any single-scale learner becomes a multi-scale one.
+
+    Args:
+        learner: an unfitted CATE learner (it is copied, never modified).
+        scale_set: scales to join; None = every scale given to ``fit``, in sorted order.
+        standardize, pca: optional per-scale reduction (see :func:`reduce_embedding`).
+    """
+
+    def __init__(self, learner, scale_set: Sequence[str] | None = None, standardize: bool = False, pca: int = 0):
+        self.learner = learner
+        self.scale_set = scale_set
+        self.standardize = standardize
+        self.pca = pca
+
+    def _join(self, X: Mapping[str, np.ndarray], fit: bool) -> np.ndarray:
+        missing = [s for s in self.scales_ if s not in X]
+        if missing:
+            raise ConfigError("X", f"features for scales {list(self.scales_)}", f"missing {missing}",
+                              "pass one array per scale of the scale set")
+        blocks = []
+        for s in self.scales_:
+            block = np.asarray(X[s], dtype=np.float64)
+            if self.standardize or self.pca:
+                if fit:
+                    self.reducers_[s] = _fit_reducer(block, self.standardize, self.pca, s)
+                block = _apply_reducer(self.reducers_[s], block)
+            blocks.append(block)
+        return np.hstack(blocks)
+
+    def fit(self, Y, T, *, X: Mapping[str, np.ndarray], W=None, groups=None):
+        import copy
+
+        self.scales_ = tuple(self.scale_set) if self.scale_set is not None else tuple(sorted(X))
+        self.reducers_ = {}
+        self.learner_ = copy.deepcopy(self.learner)
+        self.learner_.fit(Y, T, X=self._join(X, fit=True), W=W, groups=groups)
+        return self
+
+    def effect(self, X: Mapping[str, np.ndarray]):
+        return self.learner_.effect(self._join(X, fit=False))
+
+    def effect_interval(self, X: Mapping[str, np.ndarray], alpha: float = 0.05):
+        return self.learner_.effect_interval(self._join(X, fit=False), alpha=alpha)
+
+
+def _fit_reducer(block: np.ndarray, standardize: bool, pca: int, where: str) -> dict:
+    keep = np.ptp(block, axis=0) > 0
+    b = block[:, keep]
+    mean, std = (b.mean(axis=0), b.std(axis=0)) if standardize else (np.zeros(b.shape[1]), np.ones(b.shape[1]))
+    b = (b - mean) / std
+    model = None
+    if pca:
+        if pca > min(b.shape):
+            raise ConfigError("pca", f"at most min(units, columns) = {min(b.shape)} components for scale {where}",
+                              str(pca), "lower pca")
+        from sklearn.decomposition import PCA
+
+        model = PCA(n_components=pca, svd_solver="full").fit(b)
+    return {"keep": keep, "mean": mean, "std": std, "pca": model}
+
+
+def _apply_reducer(r: dict, block: np.ndarray) -> np.ndarray:
+    b = (block[:, r["keep"]] - r["mean"]) / r["std"]
+    return r["pca"].transform(b) if r["pca"] is not None else b

@@ -134,6 +134,7 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class CateConfig:
+    learner: str = "causal_forest"
     folds: int = 5
     n_estimators: int = 200
     min_samples_leaf: int = 5
@@ -307,6 +308,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if cfg.embed.batch_size < 1:
         bad("embed.batch_size", "a positive integer", cfg.embed.batch_size, "use e.g. 64")
     c = cfg.cate
+    if c.learner not in ("causal_forest", "dr_forest"):
+        bad("cate.learner", "'causal_forest' or 'dr_forest'", c.learner, "pick one")
     if c.folds < 2:
         bad("cate.folds", "at least 2 folds", c.folds, "use e.g. 5")
     if c.n_estimators < 4 or c.n_estimators % 4:

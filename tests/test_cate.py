@@ -105,10 +105,11 @@ def test_dr_mean_recovers_ate():
     assert abs(scores.mean() - 1.0) < 3 * se
 
 
-def test_parallel_crossfit_is_bitwise_reproducible():
+@pytest.mark.parametrize("learner", ["causal_forest", "dr_forest"])
+def test_parallel_crossfit_is_bitwise_reproducible(learner):
     X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=2)
     folds = make_folds(clusters, 3, seed=0)
-    cfg = CateConfig(folds=3, n_estimators=40, nuisance_trees=20, n_jobs=2)
+    cfg = CateConfig(learner=learner, folds=3, n_estimators=40, nuisance_trees=20, n_jobs=2)
     a = crossfit_cate(X, Y, W, clusters, folds, cfg, seed=1, with_outcome_model=True)
     b = crossfit_cate(X, Y, W, clusters, folds, cfg, seed=1, with_outcome_model=True)
     np.testing.assert_array_equal(a.tau_hat, b.tau_hat)

@@ -43,3 +43,29 @@ def test_reduction_drops_constant_columns_standardises_and_pca():
     with pytest.raises(ConfigError) as exc:
         reduce_embedding(emb[:4], standardize=False, pca=6, where="e:a")
     assert exc.value.where == "features.pca"
+
+
+@pytest.mark.parametrize("learner_name", ["causal_forest", "dr_forest"])
+def test_multiscale_learner_wraps_any_learner(learner_name):
+    """Wrapping a learner equals fitting it on the joined matrix; scales missing at predict time fail."""
+    from pipeline.cate import make_learner
+    from pipeline.concat import MultiScaleLearner
+    from pipeline.config import CateConfig
+
+    rng = np.random.default_rng(1)
+    n = 400
+    fine, coarse = rng.normal(size=(n, 3)), rng.normal(size=(n, 2))
+    W = rng.integers(0, 2, n)
+    Y = fine[:, 0] * W + coarse[:, 0] * W + rng.normal(size=n)
+    cfg = CateConfig(learner=learner_name, n_estimators=40, nuisance_trees=20, n_jobs=1)
+    ms = MultiScaleLearner(make_learner(cfg, 3), scale_set=["fine", "coarse"]).fit(
+        Y, W, X={"fine": fine, "coarse": coarse})
+    direct = make_learner(cfg, 3).fit(Y, W, X=np.hstack([fine, coarse]))
+    np.testing.assert_allclose(ms.effect({"fine": fine, "coarse": coarse}), direct.effect(np.hstack([fine, coarse])))
+    lo, hi = ms.effect_interval({"fine": fine, "coarse": coarse})
+    assert np.all(lo <= hi)
+    with pytest.raises(ConfigError):
+        ms.effect({"fine": fine})
+    reduced = MultiScaleLearner(make_learner(cfg, 3), standardize=True, pca=2).fit(
+        Y, W, X={"fine": fine, "coarse": coarse})
+    assert reduced.effect({"fine": fine, "coarse": coarse}).shape[0] == n
