@@ -49,3 +49,145 @@ def plot_scaling(table: pd.DataFrame, kind: str, path: str | os.PathLike) -> Non
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def plot_cate_map(cate, path: str | os.PathLike, set_name: str) -> None:
+    """Locations coloured by their mean CATE (one scale set), in longitude/latitude."""
+    g = cate[cate["set"] == set_name]
+    loc = g.groupby("location_id").agg(tau=("tau_hat", "mean"), x=("geometry", lambda s: s.iloc[0].x),
+                                       y=("geometry", lambda s: s.iloc[0].y), n=("unit_id", "size"))
+    fig, ax = plt.subplots(figsize=(6.5, 5), dpi=120)
+    sc = ax.scatter(loc["x"], loc["y"], c=loc["tau"], s=12 + 4 * loc["n"], cmap="viridis", edgecolor="k", lw=0.3)
+    fig.colorbar(sc, ax=ax, label=f"mean out-of-fold CATE ({set_name})")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title("CATE by location (size = units)")
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def plot_importance(metrics: dict, path: str | os.PathLike) -> None:
+    """Share of the CATE forests' importance carried by each scale (and the covariates), per scale set."""
+    import numpy as np
+
+    sets = [s for s, e in metrics["sets"].items() if e.get("importance_by_scale")]
+    keys = list(dict.fromkeys(k for s in sets for k in metrics["sets"][s]["importance_by_scale"]))
+    fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * max(1, len(sets))), dpi=120)
+    left = np.zeros(len(sets))
+    for k in keys:
+        vals = np.array([metrics["sets"][s]["importance_by_scale"].get(k, 0.0) for s in sets])
+        ax.barh(sets, vals, left=left, label=k)
+        left += vals
+    ax.set_xlabel("share of forest importance")
+    ax.legend(fontsize=7, ncol=min(4, len(keys)), loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def _img(path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+
+
+def _fmt(v, digits=3) -> str:
+    try:
+        return f"{float(v):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report"):
+    """Write one self-contained HTML report (images embedded, no JavaScript) and a Markdown summary
+    (same name, ``.md``) from a study's output folder; return the HTML path."""
+    import html
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import geopandas as gpd
+
+    from .api import load_result
+    from .artifacts import write_with
+
+    out, path = Path(out), Path(path)
+    res = load_result(out)
+    m = res.metrics
+    units = gpd.read_parquet(out / "prepare" / "units.parquet")
+    manifest = pd.read_parquet(out / "tile" / "manifest.parquet")
+    scales = manifest.drop_duplicates("scale")[["scale", "size_m", "px"]]
+    n_scenes = int(manifest["scene"].replace("", pd.NA).dropna().nunique())
+    ref = m.get("paired", {}).get("reference") or next(iter(m["sets"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        map_png, imp_png = Path(tmp) / "map.png", Path(tmp) / "imp.png"
+        plot_cate_map(res.cate, map_png, ref)
+        plot_importance(m, imp_png)
+        images = {"toc": _img(out / "evaluate" / "toc.png"), "map": _img(map_png), "importance": _img(imp_png)}
+    ate = m["ate"]
+    summary = [("units", len(units)), ("clusters", units["cluster_id"].nunique()),
+               ("locations", units["location_id"].nunique()), ("treated share", _fmt(units["W"].mean())),
+               ("scenes", n_scenes),
+               ("scales", ", ".join(f"{r.scale} ({r.size_m:g} m, {r.px} px)" for r in scales.itertuples())),
+               ("evaluated units (sequential folds)", m.get("n_evaluated", "")),
+               ("bootstrap replicates", m.get("n_boot", ""))]
+    rate_rows = []
+    for name, e in m["sets"].items():
+        for t in ("AUTOC", "QINI"):
+            if t in e:
+                r = e[t]
+                rate_rows.append((name, t, _fmt(r["estimate"]), _fmt(r["std_err"]), _fmt(r["ratio"], 2),
+                                  f"[{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]", f"{r['p_value']:.2g}"))
+    paired = m.get("paired", {})
+    paired_rows = [(f"{paired['reference']} - {paired['best_single']}", t, _fmt(paired[t]["estimate"]),
+                    _fmt(paired[t]["std_err"]), _fmt(paired[t]["ratio"], 2),
+                    f"[{_fmt(paired[t]['ci_low'])}, {_fmt(paired[t]['ci_high'])}]", f"{paired[t]['p_value']:.2g}")
+                   for t in ("AUTOC", "QINI") if t in paired]
+    sel = m.get("selection", {})
+
+    def table(headers, rows, cls="") -> str:
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+    rate_headers = ("scale set", "target", "RATE", "SE", "RATE Ratio", "95% interval", "p")
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             "<h2>Study</h2>", table(("", ""), summary),
+             "<h2>Average treatment effect</h2>",
+             table(("estimator", "estimate", "SE"),
+                   [("AIPW (cross-fitted forest)", _fmt(ate["aipw"]), _fmt(ate["aipw_se"])),
+                    ("difference in means", _fmt(ate["difference_in_means"]), _fmt(ate["difference_in_means_se"]))]
+                   + ([("true (simulation)", _fmt(ate["true"]), "")] if "true" in ate else [])),
+             "<h2>RATE by scale set</h2>",
+             "<p>Sequential cross-fitting: each evaluation fold is ranked and scored by models fitted on earlier "
+             "folds; clustered half-sample bootstrap. The RATE Ratio is estimate / SE (|ratio| &gt; 1.96: 5 % test).</p>",
+             table(rate_headers, rate_rows, "rate"),
+             "<h3>Paired test against the best single scale</h3>", table(rate_headers, paired_rows),
+             f"<p>Held-out choice: <b>{html.escape(str(sel.get('chosen', '')))}</b> chosen on earlier folds; on the "
+             f"held-out fold RATE {_fmt(sel.get('held_out', {}).get('estimate'))} "
+             f"(SE {_fmt(sel.get('held_out', {}).get('std_err'))}). Ranking many sets on the same data inflates the "
+             "winner's ratio.</p>",
+             "<h2>TOC curves</h2>", f'<img alt="TOC curves" src="{images["toc"]}">',
+             "<h2>CATE map</h2>", f'<img alt="CATE map" src="{images["map"]}">',
+             "<h2>Which scale carries the heterogeneity</h2>", f'<img alt="importance by scale" src="{images["importance"]}">']
+    css = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}table{border-collapse:collapse;"
+           "margin:0.5em 0}td,th{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}img{max-width:100%}")
+    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
+          f"<style>{css}</style></head><body>{''.join(parts)}</body></html>"
+    write_with(path, lambda t: Path(t).write_text(doc))
+
+    def md_table(headers, rows) -> str:
+        lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+    md = "\n\n".join([f"# {title}", md_table(("", ""), summary),
+                      "## Average treatment effect",
+                      f"AIPW {_fmt(ate['aipw'])} (SE {_fmt(ate['aipw_se'])}); difference in means "
+                      f"{_fmt(ate['difference_in_means'])} (SE {_fmt(ate['difference_in_means_se'])}).",
+                      "## RATE by scale set", md_table(rate_headers, rate_rows),
+                      "## Paired test against the best single scale", md_table(rate_headers, paired_rows),
+                      f"Figures: see {path.name}."]) + "\n"
+    write_with(path.with_suffix(".md"), lambda t: Path(t).write_text(md))
+    return path

