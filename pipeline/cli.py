@@ -85,6 +85,10 @@ evaluate:
   n_boot: 200
   q_grid: 20
   reference_set: all
+
+compute:
+  scheduler: synchronous            # or local (a Dask LocalCluster) or tcp://host:8786
+  workers: 2
 """
 
 DVC_TEMPLATE = """\
@@ -97,12 +101,12 @@ stages:
   tile:
     cmd: python -m pipeline.stages.tile --params params.yaml --out out
     deps: [out/prepare/units.parquet]
-    params: [data, tile]
+    params: [data, tile, compute]
     outs: [out/tile]
   embed:
     cmd: python -m pipeline.stages.embed --params params.yaml --out out
     deps: [out/tile]
-    params: [seed, embed]
+    params: [seed, embed, compute]
     outs: [out/embed]
   features:
     cmd: python -m pipeline.stages.features --params params.yaml --out out

@@ -168,6 +168,15 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class ComputeConfig:
+    """Where tiling and embedding run: ``synchronous`` (default), ``local`` (a LocalCluster of ``workers``
+    processes started and stopped by the stage) or the address of a Dask scheduler (``tcp://host:8786``)."""
+
+    scheduler: str = "synchronous"
+    workers: int = 2
+
+
+@dataclass(frozen=True)
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -178,6 +187,7 @@ class Config:
     cate: CateConfig = field(default_factory=CateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -325,6 +335,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
     if cfg.features.pca < 0:
         bad("features.pca", "0 (no PCA) or a positive number of components", cfg.features.pca, "use e.g. 8")
+    cp = cfg.compute
+    if cp.scheduler not in ("synchronous", "local") and "://" not in cp.scheduler:
+        bad("compute.scheduler", "synchronous, local or a scheduler address like tcp://host:8786", cp.scheduler,
+            "pick one")
+    if cp.workers < 1:
+        bad("compute.workers", "at least 1 worker", cp.workers, "use e.g. 2")
     sc = cfg.scaling
     if any(f <= 0 for f in sc.factors) or 1.0 not in sc.factors:
         bad("scaling.factors", "positive FLOPs factors including 1 (the base)", list(sc.factors), "e.g. [1, 2, 4, 8]")

@@ -126,12 +126,27 @@ def embed_chips(encoder: Encoder, chips, batch_size: int = 64, device: str = "au
     return out
 
 
+def _embed_rows(tile_dir: str, scale: str, name: str, in_chans: int, seed: int, start: int, stop: int,
+                batch_size: int, device: str) -> np.ndarray:
+    """Embed rows [start, stop) of one scale of a chip store: the unit of work of a Dask task."""
+    import zarr
+
+    from models import create_encoder
+
+    chips = zarr.open_group(str(Path(tile_dir) / "chips.zarr"), mode="r")[scale]
+    enc = create_encoder(name, in_chans=in_chans, seed=seed)
+    return embed_chips(enc, chips[start:stop], batch_size, device)
+
+
 def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.PathLike,
-                progress: bool = True) -> dict[tuple[str, str], np.ndarray]:
+                progress: bool = True, client=None) -> dict[tuple[str, str], np.ndarray]:
     """Embed every scale of a chip store with every encoder of ``cfg`` (an ``EmbedConfig``).
 
     Writes ``<encoder>/<scale>.npy`` (locations x dim, rows in the chip store's location order),
     ``<encoder>/feature_names.json`` and ``<encoder>/card.json`` (name, family, config, params, digests).
+    With a Dask ``client``, each scale is split into partitions of whole batches (aligned with the
+    synchronous batches, so the embeddings are bitwise identical on the CPU); workers read the chip store
+    from the shared filesystem.
     """
     from models import create_encoder, encoder_card
 
@@ -145,8 +160,16 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
     for name in cfg.encoders:
         enc = create_encoder(name, in_chans=bands, seed=seed)
         for scale, arr in chips.items():
-            emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
-                              progress=progress, desc=f"{name}:{scale}")
+            if client is not None:
+                from .compute import run_ordered
+
+                step = cfg.batch_size * max(1, 1024 // cfg.batch_size)
+                parts = [(str(tile_dir), scale, name, bands, seed, s, min(s + step, arr.shape[0]), cfg.batch_size,
+                          cfg.device) for s in range(0, arr.shape[0], step)]
+                emb = np.concatenate(run_ordered(client, _embed_rows, parts), axis=0)
+            else:
+                emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
+                                  progress=progress, desc=f"{name}:{scale}")
             write_npy(out / name / f"{scale}.npy", emb)
             result[(name, scale)] = emb
         names = enc.feature_names() if hasattr(enc, "feature_names") else [f"d{i}" for i in range(enc.embed_dim)]

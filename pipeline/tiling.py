@@ -194,10 +194,17 @@ def block_region(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales: Sequence[
     return r0, c0, max(r1 - r0, 0), max(c1 - c0, 0)
 
 
+def _tile_job(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales, method: str, radiometry):
+    """One block group, self-contained (opens its own reader): the unit of work of a Dask task."""
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20), SceneReader(scene, radiometry) as reader:
+        return _tile_group(reader, xs, ys, scales, method)
+
+
 def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
                    scales: Sequence[ScaleConfig], resampling: str = "average", radiometry: Radiometry = "auto",
                    jitter_m: Sequence[float] | None = None, jitter_seed: int = 0, block_px: int = 1024,
-                   workers: int = 1, on_outside: str = "error", progress: bool = False) -> ChipSet:
+                   workers: int = 1, on_outside: str = "error", progress: bool = False,
+                   client=None) -> ChipSet:
     """Cut chips at every scale for every location, keeping per chip the scene with most valid pixels.
 
     Args:
@@ -210,6 +217,8 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         workers: threads reading and resampling groups in parallel.
         on_outside: ``error`` (default) or ``drop`` for locations outside every scene; dropped ones are
             listed in the manifest with ``scene`` empty and valid fraction 0.
+        client: an optional ``distributed.Client``: block groups become Dask tasks (retried if a worker
+            dies), gathered in job order, so the chips are identical to the synchronous ones.
 
     Raises:
         ImageryError: locations outside every scene (names them; hints at swapped lon/lat).
@@ -256,7 +265,14 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     env = rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20)
     env.__enter__()
     try:
-        if workers > 1:
+        if client is not None:
+            from .compute import run_ordered
+
+            results = run_ordered(client, _tile_job, [(sc, xs, ys, list(scales), resampling, radiometry)
+                                                      for sc, _, xs, ys in jobs])
+            for (scene, idx, _, _), res in zip(jobs, results):
+                _keep((scene, idx, res), chips, best, meta)
+        elif workers > 1:
             with ThreadPoolExecutor(workers) as pool:
                 results = pool.map(run, jobs)
                 results = _progress(results, len(jobs), progress)
@@ -388,7 +404,7 @@ def read_chip_store(tile_dir: str | os.PathLike, in_memory: bool = False):
 
 
 def tile_study(units_path: str | os.PathLike, scene_paths: Sequence[str], cfg: TileConfig,
-               out_dir: str | os.PathLike, progress: bool = True) -> ChipSet:
+               out_dir: str | os.PathLike, progress: bool = True, client=None) -> ChipSet:
     """Tile every location of a units file at every scale of ``cfg`` and write the chip store."""
     units = read_units(units_path)
     locs = locations_table(units)
@@ -397,7 +413,7 @@ def tile_study(units_path: str | os.PathLike, scene_paths: Sequence[str], cfg: T
                              locs.geometry.y.to_numpy(), cfg.scales, cfg.resampling, radiometry=cfg.radiometry,
                              jitter_m=list(cfg.jitter_m) or None, jitter_seed=cfg.jitter_seed,
                              block_px=cfg.block_px, workers=cfg.workers, on_outside=cfg.on_outside,
-                             progress=progress)
+                             progress=progress and client is None, client=client)
     write_chipset(chipset, out_dir)
     write_with(Path(out_dir) / "scenes.parquet", lambda t: catalog.footprints().to_parquet(t, index=False))
     return chipset

@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..compute import dask_client
 from ..embedding import embed_study
 from ._common import run_stage
 
 
 def body(cfg, args) -> None:
     out = Path(args.out)
-    embs = embed_study(out / "tile", cfg.embed, cfg.seed, out / "embed")
+    with dask_client(cfg.compute) as client:
+        embs = embed_study(out / "tile", cfg.embed, cfg.seed, out / "embed", client=client)
     print(f"embed: {len(embs)} (encoder, scale) embeddings -> {out / 'embed'}")
 
 

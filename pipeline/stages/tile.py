@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ..compute import dask_client
 from ..imagery import resolve_scene_paths
 from ..sites import resolve_data_root
 from ..tiling import tile_study
@@ -26,7 +27,8 @@ def body(cfg, args) -> None:
         scenes = resolve_scene_paths(cfg.data.scenes, base=root)
     else:  # the simulation
         scenes = resolve_scene_paths(["*.tif"], base=out / "prepare" / "scenes")
-    chips = tile_study(units, scenes, cfg.tile, out / "tile")
+    with dask_client(cfg.compute) as client:
+        chips = tile_study(units, scenes, cfg.tile, out / "tile", client=client)
     print(f"tile: {len(chips.location_ids)} locations x {len(chips.chips)} scales -> {out / 'tile'}")
 
 
