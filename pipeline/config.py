@@ -168,6 +168,13 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class ExtrapolateConfig:
+    """Scales available at locations without units, for transportability predictions."""
+
+    scales: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ComputeConfig:
     """Where tiling and embedding run: ``synchronous`` (default), ``local`` (a LocalCluster of ``workers``
     processes started and stopped by the stage) or the address of a Dask scheduler (``tcp://host:8786``)."""
@@ -188,6 +195,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)
+    extrapolate: ExtrapolateConfig = field(default_factory=ExtrapolateConfig)
 
 
 def _type_name(tp: Any) -> str:

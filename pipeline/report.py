@@ -191,3 +191,33 @@ def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "
                       f"Figures: see {path.name}."]) + "\n"
     write_with(path.with_suffix(".md"), lambda t: Path(t).write_text(md))
     return path
+
+
+def plot_extrapolation_map(points, path: str | os.PathLike, note: str = "") -> None:
+    """Trial locations (circles) and extrapolated locations (triangles) coloured by CATE, over the convex
+    hull of all points (an outline of the surveyed area, not a border)."""
+    import numpy as np
+    from matplotlib.colors import Normalize
+
+    fig, ax = plt.subplots(figsize=(7, 6.5), dpi=120)
+    hull = points.geometry.union_all().convex_hull
+    if hull.geom_type == "Polygon":
+        xs, ys = hull.exterior.xy
+        ax.fill(xs, ys, color="#eeeeee", zorder=0, label="convex hull of all locations")
+    norm = Normalize(*np.nanpercentile(points["tau_hat"], [2, 98]))
+    for kind, marker, size in (("extrapolation", "^", 16), ("trial (out-of-fold)", "o", 22)):
+        g = points[points["kind"] == kind]
+        if len(g):
+            sc = ax.scatter(g.geometry.x, g.geometry.y, c=g["tau_hat"], cmap="viridis", norm=norm, marker=marker,
+                            s=size, edgecolor="k", lw=0.3, label=kind, zorder=2 if kind.startswith("trial") else 1)
+    fig.colorbar(sc, ax=ax, label="CATE (tau hat)")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title("CATE map: trial locations and extrapolation")
+    ax.legend(fontsize=7, loc="lower left")
+    if note:
+        ax.text(0.01, 0.99, note, transform=ax.transAxes, fontsize=7, va="top")
+    ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)

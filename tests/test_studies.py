@@ -131,6 +131,25 @@ def test_uganda_subset_end_to_end(tmp_path):
     metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert set(metrics["sets"]) == {"s456m", "s912m", "s1824m", "s3648m", "s5002m", "all"}
     assert abs(metrics["ate"]["aipw"] - metrics["ate"]["difference_in_means"]) < 0.5
+    # extrapolation to non-experimental locations from the 64-px windows (scales <= 912 m only)
+    import importlib.util
+
+    import geopandas as gpd
+
+    from pipeline.stages import extrapolate
+
+    spec = importlib.util.spec_from_file_location("nonexp", REPO / "studies" / "uganda" / "nonexperimental.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.write_windows(UGANDA, out / "nonexp") == 991
+    locs = gpd.read_parquet(out / "nonexp" / "locations.parquet").iloc[:15]
+    locs.to_parquet(out / "nonexp" / "few.parquet")
+    scenes = [str(out / "nonexp" / "scenes" / f"NonExp{lid.split('-')[1]}.tif") for lid in locs["location_id"]]
+    assert extrapolate.main(["--params", str(params), "--out", str(out), "--locations",
+                             str(out / "nonexp" / "few.parquet"), "--scenes", *scenes]) == 0
+    pred = gpd.read_parquet(out / "extrapolate" / "extrapolation.parquet")
+    assert (pred["kind"] == "extrapolation").sum() == 15 and (pred["kind"] != "extrapolation").sum() == 24
+    assert (pred["lower"] <= pred["upper"]).all()
 
 
 PERU_SCENE = SHARED_DATA / "scikit_eo_landsat8" / "LC08_003069_20180906_clip.tif"
