@@ -1,6 +1,7 @@
-"""Scale-out: tile and embed (spectral statistics) a generated study of N locations x 4 scales on a Dask
-LocalCluster of 1 and of 2 worker processes, in one process; print throughput, the 1 -> 2 speed-up and the
-peak memory (this process plus its workers, sampled every 0.2 s).
+"""Scale-out: tile (chunk by chunk into the Zarr store, written by the workers) and embed (spectral
+statistics) a generated study of N locations x 4 scales on a Dask LocalCluster of 1 and of 2 worker
+processes, in one process; print throughput, the 1 -> 2 speed-up and the peak memory (this process plus its
+workers, sampled every 0.2 s). Set NUMBA_NUM_THREADS=1 to keep each worker on one core.
 
     python benchmarks/scaleout.py [--n 50000] [--size 8000]
 """
@@ -16,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from pipeline.config import EmbedConfig, ScaleConfig
+from pipeline.config import EmbedConfig, ScaleConfig, TileConfig
 from pipeline.embedding import embed_study
 from pipeline.imagery import SceneCatalog
-from pipeline.tiling import tile_locations, write_chipset
+from pipeline.tiling import tile_to_store
 
 SCALES = [ScaleConfig("s480m", 480.0, 8), ScaleConfig("s960m", 960.0, 16), ScaleConfig("s1920m", 1920.0, 16),
           ScaleConfig("s3840m", 3840.0, 16)]
@@ -81,11 +82,9 @@ def main() -> None:
             with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                               silence_logs=50) as cluster, Client(cluster) as client, PeakRSS() as mem:
                 t0 = time.perf_counter()
-                cs = tile_locations(cat, ids, lon, lat, SCALES, client=client)
-                t_tile = time.perf_counter() - t0
                 store = Path(tmp) / f"tile{workers}"
-                write_chipset(cs, store)
-                del cs
+                tile_to_store(cat, ids, lon, lat, TileConfig(scales=tuple(SCALES)), store, client=client)
+                t_tile = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 embed_study(store, EmbedConfig(encoders=("spectral",), batch_size=256, device="cpu"), 0,
                             Path(tmp) / f"embed{workers}", progress=False, client=client)

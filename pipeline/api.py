@@ -123,12 +123,19 @@ class Study:
     def tile(self) -> None:
         from .tiling import tile_study
 
-        tile_study(self.out / "prepare" / "units.parquet", self.scene_paths(), self.config.tile, self.out / "tile")
+        from .compute import dask_client
+
+        with dask_client(self.config.compute) as client:
+            tile_study(self.out / "prepare" / "units.parquet", self.scene_paths(), self.config.tile,
+                       self.out / "tile", client=client)
 
     def embed(self) -> None:
         from .embedding import embed_study
 
-        embed_study(self.out / "tile", self.config.embed, self.config.seed, self.out / "embed")
+        from .compute import dask_client
+
+        with dask_client(self.config.compute) as client:
+            embed_study(self.out / "tile", self.config.embed, self.config.seed, self.out / "embed", client=client)
 
     def features(self) -> None:
         from .concat import build_features

@@ -102,7 +102,9 @@ stages:
     cmd: python -m pipeline.stages.tile --params params.yaml --out out
     deps: [out/prepare/units.parquet]
     params: [data, tile, compute]
-    outs: [out/tile]
+    outs:
+      - out/tile:
+          persist: true
   embed:
     cmd: python -m pipeline.stages.embed --params params.yaml --out out
     deps: [out/tile]

@@ -84,7 +84,7 @@ def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=No
 
 
 def calibration_test(Y, W, propensity, m_hat, tau_hat, clusters) -> dict:
-    """Best-linear-predictor calibration test of CATE estimates (as grf's ``test_calibration``).
+    r"""Best-linear-predictor calibration test of CATE estimates (as grf's ``test_calibration``).
 
     Regress :math:`Y - \hat m(X)` on :math:`(W - e)\,\bar\tau` and :math:`(W - e)(\hat\tau - \bar\tau)`
     without intercept. The first coefficient is 1 when the average prediction is correct; the second

@@ -204,7 +204,7 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
                    scales: Sequence[ScaleConfig], resampling: str = "average", radiometry: Radiometry = "auto",
                    jitter_m: Sequence[float] | None = None, jitter_seed: int = 0, block_px: int = 1024,
                    workers: int = 1, on_outside: str = "error", progress: bool = False,
-                   client=None) -> ChipSet:
+                   client=None, offsets: np.ndarray | None = None) -> ChipSet:
     """Cut chips at every scale for every location, keeping per chip the scene with most valid pixels.
 
     Args:
@@ -236,7 +236,8 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
     n = len(location_ids)
     count = catalog.scenes[0].count
-    offsets = jitter_offsets(n, jitter_m, jitter_seed)
+    if offsets is None:
+        offsets = jitter_offsets(n, jitter_m, jitter_seed)
     chips = {s.name: np.full((n, count, s.px, s.px), np.nan, dtype=np.float32) for s in scales}
     best = {s.name: np.full(n, -1.0) for s in scales}
     meta = {s.name: {"scene": np.full(n, "", dtype=object), "crs": np.full(n, "", dtype=object),
@@ -403,17 +404,127 @@ def read_chip_store(tile_dir: str | os.PathLike, in_memory: bool = False):
     return locations, chips, manifest
 
 
+def _spatial_order(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, block_px: int) -> np.ndarray:
+    """Location order for the chip store: by first covering scene, then by block, so that a chunk of
+    consecutive locations shares few blocks (each chunk reads its blocks once). Uncovered ones go last."""
+    n = len(lon)
+    key = np.full((n, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    for si, (scene, cand) in enumerate(zip(catalog.scenes, catalog.candidates(lon, lat))):
+        free = cand[key[cand, 0] == np.iinfo(np.int64).max]
+        if not len(free):
+            continue
+        xs, ys = catalog.project(scene, lon[free], lat[free])
+        a = scene.affine
+        key[free, 0] = si
+        key[free, 1] = np.floor((ys - a.f) / a.e / block_px).astype(np.int64)
+        key[free, 2] = np.floor((xs - a.c) / a.a / block_px).astype(np.int64)
+    return np.lexsort((np.arange(n), key[:, 2], key[:, 1], key[:, 0]))
+
+
+def _tile_chunk(partial: str, start: int, ids, lon, lat, offsets, scenes, scales, kw: dict) -> list[str]:
+    """Tile one chunk of consecutive store rows, write its chips into the partial store's region and its
+    manifest rows (written last: the chunk's completion marker). Returns the chunk's dropped locations."""
+    import zarr
+
+    cs = tile_locations(SceneCatalog(scenes), ids, lon, lat, scales, offsets=offsets, **kw)
+    group = zarr.open_group(partial, mode="r+")
+    for name, arr in cs.chips.items():
+        group[name][start: start + len(ids)] = arr
+    man = cs.manifest.assign(index=cs.manifest["index"] + start)
+    write_with(Path(partial) / "done" / f"{start:012d}.parquet", lambda t: man.to_parquet(t, index=False))
+    return cs.dropped
+
+
+def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
+                  cfg: TileConfig, out_dir: str | os.PathLike, client=None, chunk_locations: int = 4096,
+                  progress: bool = False) -> pd.DataFrame:
+    """Tile locations chunk by chunk straight into the Zarr chip store, resuming an interrupted run.
+
+    Locations are put in spatial order and cut into chunks of ``chunk_locations`` consecutive store rows
+    (a multiple of the store's 64-row Zarr chunks, so chunks never share a Zarr chunk); each chunk is tiled
+    (a Dask task when ``client`` is given, written by the worker) and writes its region of a partial store
+    ``.partial-chips.zarr`` plus a completion marker. A rerun with the same inputs and settings skips the
+    finished chunks. At the end the partial store becomes ``chips.zarr`` and the manifest is written (last).
+    Memory is bounded by one chunk per worker, whatever the number of locations.
+    """
+    import hashlib
+    import json
+
+    import zarr
+
+    from .compute import run_ordered
+
+    if chunk_locations % 64:
+        raise TilingError("chunk_locations", "a multiple of 64", str(chunk_locations), "use e.g. 4096")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "manifest.parquet").exists():
+        (out / "manifest.parquet").unlink()  # the store is incomplete until the new manifest is written
+    ids = np.asarray([str(i) for i in location_ids], dtype=object)
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    offsets = jitter_offsets(len(ids), list(cfg.jitter_m) or None, cfg.jitter_seed)
+    if cfg.on_outside == "error":  # fail before writing anything
+        _, covered = plan_jobs(catalog, lon, lat, offsets, cfg.block_px)
+        if not covered.all():
+            tile_locations(catalog, list(ids[~covered][:50]), lon[~covered][:50], lat[~covered][:50], cfg.scales,
+                           offsets=offsets[~covered][:50])  # raises the named error
+    order = _spatial_order(catalog, lon, lat, cfg.block_px)
+    ids, lon, lat, offsets = ids[order], lon[order], lat[order], offsets[order]
+    scenes = list(catalog.scenes)
+    kw = dict(resampling=cfg.resampling, radiometry=cfg.radiometry, block_px=cfg.block_px, workers=cfg.workers,
+              on_outside="drop")
+    plan = {"ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+            "xy": hashlib.sha256(np.ascontiguousarray(np.c_[lon, lat, offsets]).tobytes()).hexdigest(),
+            "scenes": [[sc.name, list(sc.paths), sc.width, sc.height, list(sc.transform)] for sc in scenes],
+            "scales": [[sc.name, sc.size_m, sc.px] for sc in cfg.scales], "kw": repr(sorted(kw.items())),
+            "chunk": chunk_locations}
+    digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+    partial = out / ".partial-chips.zarr"
+    plan_file = partial / "plan.sha256"
+    if not (plan_file.exists() and plan_file.read_text() == digest):
+        if partial.exists():
+            shutil.rmtree(partial)
+        group = zarr.open_group(str(partial), mode="w")
+        count = scenes[0].count
+        for sc in cfg.scales:
+            group.create_array(sc.name, shape=(len(ids), count, sc.px, sc.px), chunks=(64, count, sc.px, sc.px),
+                               dtype="float32", fill_value=np.nan, compressors=chip_codec())
+        (partial / "done").mkdir()
+        plan_file.write_text(digest)
+    starts = list(range(0, len(ids), chunk_locations))
+    todo = [st for st in starts if not (partial / "done" / f"{st:012d}.parquet").exists()]
+    items = [(str(partial), st, list(ids[st: st + chunk_locations]), lon[st: st + chunk_locations],
+              lat[st: st + chunk_locations], offsets[st: st + chunk_locations], scenes, list(cfg.scales), kw)
+             for st in todo]
+    if client is None and progress and items:
+        from tqdm import tqdm
+        for item in tqdm(items, desc="tiling chunks", unit="chunk"):
+            _tile_chunk(*item)
+    else:
+        run_ordered(client, _tile_chunk, items)
+    manifest = pd.concat([pd.read_parquet(partial / "done" / f"{st:012d}.parquet") for st in starts],
+                         ignore_index=True)
+    manifest = manifest.sort_values(["scale", "index"], kind="stable",
+                                    key=lambda c: c.map({sc.name: i for i, sc in enumerate(cfg.scales)})
+                                    if c.name == "scale" else c).reset_index(drop=True)
+    final = out / "chips.zarr"
+    if final.exists():
+        shutil.rmtree(final)
+    shutil.rmtree(partial / "done")
+    plan_file.unlink()
+    os.replace(partial, final)
+    write_with(out / "locations.parquet", lambda t: pd.DataFrame({"location_id": list(ids)}).to_parquet(t, index=False))
+    write_with(out / "manifest.parquet", lambda t: manifest.to_parquet(t, index=False))
+    return manifest
+
+
 def tile_study(units_path: str | os.PathLike, scene_paths: Sequence[str], cfg: TileConfig,
-               out_dir: str | os.PathLike, progress: bool = True, client=None) -> ChipSet:
-    """Tile every location of a units file at every scale of ``cfg`` and write the chip store."""
+               out_dir: str | os.PathLike, progress: bool = True, client=None) -> pd.DataFrame:
+    """Tile every location of a units file at every scale of ``cfg`` into the chip store (resumable)."""
     units = read_units(units_path)
     locs = locations_table(units)
     catalog = SceneCatalog.from_paths(scene_paths, bands=list(cfg.bands) or None)
-    chipset = tile_locations(catalog, locs["location_id"].astype(str).tolist(), locs.geometry.x.to_numpy(),
-                             locs.geometry.y.to_numpy(), cfg.scales, cfg.resampling, radiometry=cfg.radiometry,
-                             jitter_m=list(cfg.jitter_m) or None, jitter_seed=cfg.jitter_seed,
-                             block_px=cfg.block_px, workers=cfg.workers, on_outside=cfg.on_outside,
-                             progress=progress and client is None, client=client)
-    write_chipset(chipset, out_dir)
+    manifest = tile_to_store(catalog, locs["location_id"].astype(str).tolist(), locs.geometry.x.to_numpy(),
+                             locs.geometry.y.to_numpy(), cfg, out_dir, client=client, progress=progress)
     write_with(Path(out_dir) / "scenes.parquet", lambda t: catalog.footprints().to_parquet(t, index=False))
-    return chipset
+    return manifest

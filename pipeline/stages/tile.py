@@ -28,8 +28,9 @@ def body(cfg, args) -> None:
     else:  # the simulation
         scenes = resolve_scene_paths(["*.tif"], base=out / "prepare" / "scenes")
     with dask_client(cfg.compute) as client:
-        chips = tile_study(units, scenes, cfg.tile, out / "tile", client=client)
-    print(f"tile: {len(chips.location_ids)} locations x {len(chips.chips)} scales -> {out / 'tile'}")
+        manifest = tile_study(units, scenes, cfg.tile, out / "tile", client=client)
+    print(f"tile: {manifest['location_id'].nunique()} locations x {manifest['scale'].nunique()} scales "
+          f"-> {out / 'tile'}")
 
 
 def main(argv=None) -> int:
