@@ -75,16 +75,22 @@ def init_args(folder: Path, units: Path) -> list[str]:
             "--scales", "480:8,1920:16"]
 
 
+def init_small_study(tmp_path: Path, name: str) -> dict:
+    """``mscate init`` a study over a new RCT, then shrink its forests for the tests; return its params."""
+    units = new_rct(tmp_path / "data")
+    assert mscate(init_args(tmp_path / name, units)) == 0
+    params = yaml.safe_load((tmp_path / name / "params.yaml").read_text())
+    for k, v in SMALL.items():
+        params[k].update(v)
+    (tmp_path / name / "params.yaml").write_text(yaml.safe_dump(params))
+    return params
+
+
 @needs_scene
 def test_init_then_stages_equals_api(tmp_path):
     import pipeline as mc
 
-    units = new_rct(tmp_path / "data")
-    assert mscate(init_args(tmp_path / "cli", units)) == 0
-    params = yaml.safe_load((tmp_path / "cli" / "params.yaml").read_text())
-    for k, v in SMALL.items():
-        params[k].update(v)
-    (tmp_path / "cli" / "params.yaml").write_text(yaml.safe_dump(params))
+    params = init_small_study(tmp_path, "cli")
     run_cli_stages(tmp_path / "cli")
     api = mc.Study(tmp_path / "api", params=params).run()
     cli_metrics = json.loads((tmp_path / "cli" / "out" / "evaluate" / "metrics.json").read_text())
@@ -97,12 +103,7 @@ def test_init_then_stages_equals_api(tmp_path):
 @pytest.mark.slow
 @needs_scene
 def test_init_then_dvc_repro(tmp_path):
-    units = new_rct(tmp_path / "data")
-    assert mscate(init_args(tmp_path / "study", units)) == 0
-    params = yaml.safe_load((tmp_path / "study" / "params.yaml").read_text())
-    for k, v in SMALL.items():
-        params[k].update(v)
-    (tmp_path / "study" / "params.yaml").write_text(yaml.safe_dump(params))
+    init_small_study(tmp_path, "study")
     subprocess.run(["dvc", "repro"], cwd=tmp_path / "study", check=True, capture_output=True)
     again = subprocess.run(["dvc", "repro"], cwd=tmp_path / "study", check=True, capture_output=True, text=True)
     assert "up to date" in again.stdout
@@ -143,11 +144,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
     import pipeline as mc
 
-    units = new_rct(tmp_path / "data")
-    assert mscate(init_args(tmp_path / "s", units)) == 0
-    params = yaml.safe_load((tmp_path / "s" / "params.yaml").read_text())
-    for k, v in SMALL.items():
-        params[k].update(v)
+    params = init_small_study(tmp_path, "s")
     result = mc.Study(tmp_path / "s", params=params).run()
     html = result.report(tmp_path / "s" / "report.html")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -19,6 +19,20 @@ UGANDA = SHARED_DATA / "causalimages_uganda_yop"
 needs_uganda = pytest.mark.skipif(not UGANDA.is_dir(), reason=f"Uganda data absent at {UGANDA}")
 
 
+def run_small(p: dict, tmp_path: Path) -> tuple[Path, Path]:
+    """Shrink a study's forests, write its params and run every stage of a real study; (params, out)."""
+    from pipeline.stages import cate, embed, evaluate, features, ingest, tile
+
+    p["cate"].update({"folds": 3, "n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1})
+    p["evaluate"]["n_boot"] = 30
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(p))
+    out = tmp_path / "out"
+    for stage in (ingest, tile, embed, features, cate, evaluate):
+        assert stage.main(["--params", str(params), "--out", str(out)]) == 0, stage.__name__
+    return params, out
+
+
 def uganda_params() -> dict:
     return yaml.safe_load((REPO / "studies" / "uganda" / "params.yaml").read_text())
 
@@ -106,8 +120,6 @@ def test_wrong_column_name_suggests(tmp_path):
 @needs_uganda
 def test_uganda_subset_end_to_end(tmp_path):
     """The Uganda study's own params on 24 real locations, with small forests: every stage runs."""
-    from pipeline.stages import cate, embed, evaluate, features, ingest, tile
-
     units = pd.read_csv(UGANDA / "tutorial_units.csv")
     keys = sorted(units["image_key"].unique())[:24]
     units[units["image_key"].isin(keys)].to_csv(tmp_path / "subset.csv", index=False)
@@ -116,13 +128,7 @@ def test_uganda_subset_end_to_end(tmp_path):
     p["data"]["units"] = str(tmp_path / "subset.csv")
     p["data"]["scenes"] = [f"chips_351px/GeoKey{k}.tif" for k in keys]
     p["embed"]["encoders"] = ["spectral"]
-    p["cate"].update({"folds": 3, "n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1})
-    p["evaluate"]["n_boot"] = 30
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(p))
-    out = tmp_path / "out"
-    for stage in (ingest, tile, embed, features, cate, evaluate):
-        assert stage.main(["--params", str(params), "--out", str(out)]) == 0, stage.__name__
+    params, out = run_small(p, tmp_path)
     report = json.loads((out / "prepare" / "ingest.json").read_text())
     assert report["n_locations"] == 24
     manifest = pd.read_parquet(out / "tile" / "manifest.parquet")
@@ -160,8 +166,6 @@ def test_peru_semi_synthetic_standin_end_to_end(tmp_path):
     """The Peru study's own params, unchanged but for paths and forest size, on the semi-synthetic stand-in."""
     import importlib.util
 
-    from pipeline.stages import cate, embed, evaluate, features, ingest, tile
-
     spec = importlib.util.spec_from_file_location("make_standin", REPO / "studies" / "peru" / "make_standin.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -169,13 +173,7 @@ def test_peru_semi_synthetic_standin_end_to_end(tmp_path):
     p = yaml.safe_load((REPO / "studies" / "peru" / "params.yaml").read_text())
     p["data"]["root"] = str(tmp_path / "data")
     p["data"]["scenes"] = [str(PERU_SCENE)]
-    p["cate"].update({"folds": 3, "n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1})
-    p["evaluate"]["n_boot"] = 30
-    params = tmp_path / "params.yaml"
-    params.write_text(yaml.safe_dump(p))
-    out = tmp_path / "out"
-    for stage in (ingest, tile, embed, features, cate, evaluate):
-        assert stage.main(["--params", str(params), "--out", str(out)]) == 0, stage.__name__
+    params, out = run_small(p, tmp_path)
     report = json.loads((out / "prepare" / "ingest.json").read_text())
     assert report["dropped_missing_outcome"] == 3
     assert report["outcome"] == "asset_index_el - asset_index_bl"
