@@ -223,9 +223,6 @@ def cmd_report(args) -> None:
 
     folder = Path(args.study_dir)
     out = folder / args.out
-    if not (out / "evaluate" / "metrics.json").exists():
-        raise PipelineError(str(out / "evaluate" / "metrics.json"), "an evaluated study", "no such file",
-                            "run the study first (dvc repro or mscate run)")
     path = write_report(out, Path(args.html) if args.html else folder / "report.html", title=args.title or folder.resolve().name)
     print(f"mscate report: {path} and {path.with_suffix('.md')}")
 

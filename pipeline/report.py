@@ -100,20 +100,29 @@ def _fmt(v, digits=3) -> str:
         return str(v)
 
 
-def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report"):
-    """Write one self-contained HTML report (images embedded, no JavaScript) and a Markdown summary
-    (same name, ``.md``) from a study's output folder; return the HTML path."""
+def _table(headers, rows, cls: str = "") -> str:
     import html
-    import json
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+
+
+def _study_sections(out) -> tuple[list[str], list[str]]:
+    """HTML and Markdown sections of an evaluated CATE study."""
+    import html
     import tempfile
     from pathlib import Path
 
     import geopandas as gpd
 
     from .api import load_result
-    from .artifacts import write_with
 
-    out, path = Path(out), Path(path)
     res = load_result(out)
     m = res.metrics
     units = gpd.read_parquet(out / "prepare" / "units.parquet")
@@ -146,50 +155,81 @@ def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "
                     f"[{_fmt(paired[t]['ci_low'])}, {_fmt(paired[t]['ci_high'])}]", f"{paired[t]['p_value']:.2g}")
                    for t in ("AUTOC", "QINI") if t in paired]
     sel = m.get("selection", {})
-
-    def table(headers, rows, cls="") -> str:
-        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-        return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
     rate_headers = ("scale set", "target", "RATE", "SE", "RATE Ratio", "95% interval", "p")
-    parts = [f"<h1>{html.escape(title)}</h1>",
-             "<h2>Study</h2>", table(("", ""), summary),
-             "<h2>Average treatment effect</h2>",
-             table(("estimator", "estimate", "SE"),
-                   [("AIPW (cross-fitted forest)", _fmt(ate["aipw"]), _fmt(ate["aipw_se"])),
-                    ("difference in means", _fmt(ate["difference_in_means"]), _fmt(ate["difference_in_means_se"]))]
-                   + ([("true (simulation)", _fmt(ate["true"]), "")] if "true" in ate else [])),
+    ate_rows = ([("AIPW (cross-fitted forest)", _fmt(ate["aipw"]), _fmt(ate["aipw_se"])),
+                 ("difference in means", _fmt(ate["difference_in_means"]), _fmt(ate["difference_in_means_se"]))]
+                + ([("true (simulation)", _fmt(ate["true"]), "")] if "true" in ate else []))
+    parts = ["<h2>Study</h2>", _table(("", ""), summary),
+             "<h2>Average treatment effect</h2>", _table(("estimator", "estimate", "SE"), ate_rows),
              "<h2>RATE by scale set</h2>",
              "<p>Sequential cross-fitting: each evaluation fold is ranked and scored by models fitted on earlier "
              "folds; clustered half-sample bootstrap. The RATE Ratio is estimate / SE (|ratio| &gt; 1.96: 5 % test).</p>",
-             table(rate_headers, rate_rows, "rate"),
-             "<h3>Paired test against the best single scale</h3>", table(rate_headers, paired_rows),
+             _table(rate_headers, rate_rows, "rate"),
+             "<h3>Paired test against the best single scale</h3>", _table(rate_headers, paired_rows),
              f"<p>Held-out choice: <b>{html.escape(str(sel.get('chosen', '')))}</b> chosen on earlier folds; on the "
              f"held-out fold RATE {_fmt(sel.get('held_out', {}).get('estimate'))} "
              f"(SE {_fmt(sel.get('held_out', {}).get('std_err'))}). Ranking many sets on the same data inflates the "
              "winner's ratio.</p>",
              "<h2>TOC curves</h2>", f'<img alt="TOC curves" src="{images["toc"]}">',
              "<h2>CATE map</h2>", f'<img alt="CATE map" src="{images["map"]}">',
-             "<h2>Which scale carries the heterogeneity</h2>", f'<img alt="importance by scale" src="{images["importance"]}">']
+             "<h2>Which scale carries the heterogeneity</h2>",
+             f'<img alt="importance by scale" src="{images["importance"]}">']
+    md = [_md_table(("", ""), summary), "## Average treatment effect", _md_table(("estimator", "estimate", "SE"), ate_rows),
+          "## RATE by scale set", _md_table(rate_headers, rate_rows),
+          "## Paired test against the best single scale", _md_table(rate_headers, paired_rows)]
+    return parts, md
+
+
+def _scaling_sections(out) -> tuple[list[str], list[str]]:
+    """HTML and Markdown sections of a scaling-strategy study (complexity and speed figures)."""
+    import json
+
+    m = json.loads((out / "scaling" / "metrics.json").read_text())
+    rows = []
+    for base, per in m["exponents"].items():
+        for st, e in per.items():
+            rows.append((base, st, _fmt(e["theory_acts"], 2), _fmt(e["acts_vs_flops"], 2),
+                         _fmt(e.get("time_vs_flops", float("nan")), 2)))
+    headers = ("base", "strategy", "activations exponent (theory)", "activations exponent (fitted)",
+               f"time exponent ({m.get('device', '')})")
+    parts = ["<h2>Model scaling: complexity and speed</h2>",
+             "<p>Log-log slopes against FLOPs over the scaling factors "
+             f"{m.get('factors')}; theory: activations grow as s^(e_d + e_w/2 + e_r).</p>", _table(headers, rows)]
+    for name, alt in (("acts_vs_flops.png", "activations against FLOPs"), ("time_vs_flops.png", "time against FLOPs")):
+        if (out / "scaling" / name).exists():
+            parts.append(f'<img alt="{alt}" src="{_img(out / "scaling" / name)}">')
+    return parts, ["## Model scaling: complexity and speed", _md_table(headers, rows)]
+
+
+def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report"):
+    """Write one self-contained HTML report (images embedded, no JavaScript) and a Markdown summary
+    (same name, ``.md``) from a study's output folder (a CATE study, a scaling study, or both); return the
+    HTML path."""
+    import html
+    from pathlib import Path
+
+    from .artifacts import write_with
+    from .errors import ArtifactError
+
+    out, path = Path(out), Path(path)
+    has_study = (out / "evaluate" / "metrics.json").exists()
+    has_scaling = (out / "scaling" / "metrics.json").exists()
+    if not (has_study or has_scaling):
+        raise ArtifactError(str(out), "an evaluated study (evaluate/metrics.json) or a scaling study",
+                            "neither", "run the study first (dvc repro or mscate run)")
+    parts, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
+    for present, sections in ((has_study, _study_sections), (has_scaling, _scaling_sections)):
+        if present:
+            p, m = sections(out)
+            parts += p
+            md += m
     css = ("body{font-family:sans-serif;max-width:60em;margin:2em auto;color:#222}table{border-collapse:collapse;"
            "margin:0.5em 0}td,th{border:1px solid #bbb;padding:0.2em 0.6em;text-align:right}img{max-width:100%}")
-    doc = f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-          f"<style>{css}</style></head><body>{''.join(parts)}</body></html>"
+    doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{css}</style></head><body>{''.join(parts)}</body></html>")
     write_with(path, lambda t: Path(t).write_text(doc))
-
-    def md_table(headers, rows) -> str:
-        lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
-        return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
-
-    md = "\n\n".join([f"# {title}", md_table(("", ""), summary),
-                      "## Average treatment effect",
-                      f"AIPW {_fmt(ate['aipw'])} (SE {_fmt(ate['aipw_se'])}); difference in means "
-                      f"{_fmt(ate['difference_in_means'])} (SE {_fmt(ate['difference_in_means_se'])}).",
-                      "## RATE by scale set", md_table(rate_headers, rate_rows),
-                      "## Paired test against the best single scale", md_table(rate_headers, paired_rows),
-                      f"Figures: see {path.name}."]) + "\n"
-    write_with(path.with_suffix(".md"), lambda t: Path(t).write_text(md))
+    md.append(f"Figures: see {path.name}.")
+    write_with(path.with_suffix(".md"), lambda t: Path(t).write_text("\n\n".join(md) + "\n"))
     return path
 
 

@@ -96,3 +96,18 @@ def test_every_registered_encoder_has_complexity():
     for name in ("vit_tiny", "resnet_tiny", "regnet_tiny"):
         c = encoder_complexity(create_encoder(name, in_chans=6))
         assert c.flops > 0 and c.acts > 0 and c.params > 0
+
+
+def test_scaling_study_and_its_report(tmp_path):
+    """A small scaling study (2 strategies, 2 factors, no timing) writes its table, metrics and a report."""
+    from pipeline.config import ScalingConfig
+    from pipeline.report import write_report
+    from pipeline.scaling_study import run_scaling_study
+
+    cfg = ScalingConfig(bases=("vit_tiny", "resnet_tiny"), strategies=("dWr", "dr"), factors=(1.0, 4.0),
+                        timing=False)
+    m = run_scaling_study(cfg, tmp_path / "out" / "scaling", progress=False)
+    assert m["exponents"]["vit_tiny"]["dWr"]["theory_acts"] == pytest.approx(0.6)
+    html = write_report(tmp_path / "out", tmp_path / "report.html", title="scaling")
+    text = html.read_text()
+    assert "Model scaling" in text and text.count("data:image/png;base64,") == 1
