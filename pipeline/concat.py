@@ -124,7 +124,9 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
     tile_dir, embed_dir, out = Path(tile_dir), Path(embed_dir), Path(out_dir)
     locations = pd.read_parquet(require(tile_dir / "locations.parquet", "the chip store's location list"))
     manifest = pd.read_parquet(require(tile_dir / "manifest.parquet", "the chip store's manifest"))
-    scales = list(dict.fromkeys(manifest["scale"]))
+    all_scales = list(dict.fromkeys(manifest["scale"]))
+    scales = [s for s in all_scales if "@j" not in s]  # jittered copies join their scale (features.jitter)
+    copies = {s: [c for c in all_scales if c.startswith(f"{s}@j")] for s in scales}
     dropped_locs = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
     keep = ~units["location_id"].astype(str).isin(dropped_locs)
     n_dropped = int((~keep).sum())
@@ -146,6 +148,13 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
         for s in scales:
             emb = read_npy(embed_dir / enc / f"{s}.npy")
             names = json.loads(names_path.read_text())
+            if cfg.jitter != "none" and copies[s]:
+                jittered = [read_npy(embed_dir / enc / f"{c}.npy") for c in copies[s]]
+                if cfg.jitter == "mean":  # the window and its jittered copies, averaged
+                    emb = np.mean([emb] + jittered, axis=0)
+                else:  # concatenated: the window, then each copy
+                    emb = np.hstack([emb] + jittered)
+                    names = names + [f"{n}@j{i}" for i in range(len(jittered)) for n in names]
             if cfg.standardize or cfg.pca or np.any(np.ptp(emb, axis=0) == 0):
                 keep = np.ptp(emb, axis=0) > 0
                 emb, info = reduce_embedding(emb, cfg.standardize, cfg.pca, f"{enc}:{s}")

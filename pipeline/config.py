@@ -95,6 +95,17 @@ class ScaleConfig:
 
 
 @dataclass(frozen=True)
+class JitterCopiesConfig:
+    """Jittered copies of some scales (Multi-scale Concatenation's jitter variant): ``copies`` windows per
+    location displaced by a seeded distance in ``jitter_m`` metres, tiled as scales ``<scale>@j<i>``."""
+
+    scales: tuple[str, ...] = ()
+    copies: int = 0
+    jitter_m: tuple[float, ...] = (0.0, 0.0)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
 class TileConfig:
     """Tiling: scales, resampling, radiometry ('auto', 'none', 'l2' or a DN multiplier), band selection by
     name (empty = all), optional seeded location jitter [min, max] in metres, read-block size, threads,
@@ -109,6 +120,7 @@ class TileConfig:
     block_px: int = 1024
     workers: int = 1
     on_outside: str = "error"
+    jitter_copies: JitterCopiesConfig = field(default_factory=JitterCopiesConfig)
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,7 @@ class FeaturesConfig:
     covariates: bool = True
     standardize: bool = False
     pca: int = 0
+    jitter: str = "none"
 
 
 @dataclass(frozen=True)
@@ -315,6 +328,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("tile.radiometry", "a positive DN multiplier", t.radiometry, "e.g. 0.00392156862745098 for 8-bit")
     if t.jitter_m and (len(t.jitter_m) != 2 or not 0 <= t.jitter_m[0] <= t.jitter_m[1]):
         bad("tile.jitter_m", "[min, max] metres with 0 <= min <= max", list(t.jitter_m), "e.g. [0, 2000]")
+    jc = t.jitter_copies
+    if jc.copies < 0 or (jc.scales and jc.copies < 1):
+        bad("tile.jitter_copies.copies", "a positive number of copies for the listed scales", jc.copies, "e.g. 4")
+    if len(jc.jitter_m) != 2 or not 0 <= jc.jitter_m[0] <= jc.jitter_m[1]:
+        bad("tile.jitter_copies.jitter_m", "[min, max] metres with 0 <= min <= max", list(jc.jitter_m), "e.g. [0, 300]")
     if t.block_px < 64:
         bad("tile.block_px", "at least 64 pixels", t.block_px, "use 1024")
     if t.workers < 1:
@@ -341,6 +359,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
             "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")
     if isinstance(c.propensity, float) and not 0 < c.propensity < 1:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
+    if cfg.features.jitter not in ("none", "mean", "concat"):
+        bad("features.jitter", "none, mean or concat (how jittered copies of a scale join it)", cfg.features.jitter,
+            "pick one")
     if cfg.features.pca < 0:
         bad("features.pca", "0 (no PCA) or a positive number of components", cfg.features.pca, "use e.g. 8")
     cp = cfg.compute

@@ -98,8 +98,11 @@ def jitter_offsets(n: int, jitter_m: Sequence[float] | None, seed: int) -> np.nd
 
 
 def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig],
-                method: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                method: str, shifts: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Chips of every scale for one group of locations, from one read of their covering block.
+
+    ``shifts`` optionally displaces the windows of some scales: ``{scale name: (n, 2) metres}`` (the
+    jittered copies of a scale).
 
     Exact area averaging uses summed-area tables of the block (:mod:`pipeline._area_kernel`); an output
     pixel is the mean over the valid part of its area, and NaN when less than half of its area is valid (a
@@ -108,7 +111,11 @@ def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Seq
     scene = reader.scene
     a = scene.affine
     plan = {}
+    base_xs, base_ys = xs, ys
     for s in scales:
+        xs, ys = base_xs, base_ys
+        if shifts and s.name in shifts:
+            xs, ys = xs + shifts[s.name][:, 0], ys + shifts[s.name][:, 1]
         half = s.size_m / 2.0
         length = s.size_m / scene.res
         col_start = (xs - half - a.c) / a.a
@@ -194,17 +201,18 @@ def block_region(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales: Sequence[
     return r0, c0, max(r1 - r0, 0), max(c1 - c0, 0)
 
 
-def _tile_job(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales, method: str, radiometry):
+def _tile_job(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales, method: str, radiometry, shifts=None):
     """One block group, self-contained (opens its own reader): the unit of work of a Dask task."""
     with rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20), SceneReader(scene, radiometry) as reader:
-        return _tile_group(reader, xs, ys, scales, method)
+        return _tile_group(reader, xs, ys, scales, method, shifts)
 
 
 def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
                    scales: Sequence[ScaleConfig], resampling: str = "average", radiometry: Radiometry = "auto",
                    jitter_m: Sequence[float] | None = None, jitter_seed: int = 0, block_px: int = 1024,
                    workers: int = 1, on_outside: str = "error", progress: bool = False,
-                   client=None, offsets: np.ndarray | None = None) -> ChipSet:
+                   client=None, offsets: np.ndarray | None = None,
+                   scale_offsets: dict | None = None) -> ChipSet:
     """Cut chips at every scale for every location, keeping per chip the scene with most valid pixels.
 
     Args:
@@ -219,6 +227,8 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
             listed in the manifest with ``scene`` empty and valid fraction 0.
         client: an optional ``distributed.Client``: block groups become Dask tasks (retried if a worker
             dies), gathered in job order, so the chips are identical to the synchronous ones.
+        offsets: per-location displacements in metres (default: from ``jitter_m``/``jitter_seed``).
+        scale_offsets: extra per-scale displacements ``{scale name: (n, 2) metres}`` (jittered copies).
 
     Raises:
         ImageryError: locations outside every scene (names them; hints at swapped lon/lat).
@@ -258,9 +268,12 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
             readers.append(cache[scene.name])
         return cache[scene.name]
 
+    def shifts_for(idx):
+        return {k: v[idx] for k, v in scale_offsets.items()} if scale_offsets else None
+
     def run(job):
         scene, idx, xs, ys = job
-        return scene, idx, _tile_group(reader_for(scene), xs, ys, scales, resampling)
+        return scene, idx, _tile_group(reader_for(scene), xs, ys, scales, resampling, shifts_for(idx))
 
     # every block is read exactly once: a large GDAL block cache only costs memory
     env = rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20)
@@ -269,8 +282,8 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         if client is not None:
             from .compute import run_ordered
 
-            results = run_ordered(client, _tile_job, [(sc, xs, ys, list(scales), resampling, radiometry)
-                                                      for sc, _, xs, ys in jobs])
+            results = run_ordered(client, _tile_job, [(sc, xs, ys, list(scales), resampling, radiometry,
+                                                       shifts_for(idx)) for sc, idx, xs, ys in jobs])
             for (scene, idx, _, _), res in zip(jobs, results):
                 _keep((scene, idx, res), chips, best, meta)
         elif workers > 1:
@@ -404,6 +417,25 @@ def read_chip_store(tile_dir: str | os.PathLike, in_memory: bool = False):
     return locations, chips, manifest
 
 
+def jitter_copies(cfg: TileConfig, n: int) -> tuple[list[ScaleConfig], dict[str, np.ndarray]]:
+    """The scales to tile, with ``cfg.jitter_copies.copies`` jittered copies of each scale named in
+    ``cfg.jitter_copies.scales`` (named ``<scale>@j<i>``), and each copy's per-location displacement
+    (uniform direction, distance uniform in ``jitter_m``, seeded by ``seed + i``)."""
+    jc = cfg.jitter_copies
+    scales = list(cfg.scales)
+    offsets = {}
+    by_name = {s.name: s for s in cfg.scales}
+    for name in jc.scales:
+        if name not in by_name:
+            raise TilingError("tile.jitter_copies.scales", f"scales among {list(by_name)}", repr(name),
+                              "name a scale listed under tile.scales")
+        for i in range(jc.copies):
+            copy = f"{name}@j{i}"
+            scales.append(ScaleConfig(copy, by_name[name].size_m, by_name[name].px))
+            offsets[copy] = jitter_offsets(n, list(jc.jitter_m), jc.seed + i)
+    return scales, offsets
+
+
 def _spatial_order(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, block_px: int) -> np.ndarray:
     """Location order for the chip store: by first covering scene, then by block, so that a chunk of
     consecutive locations shares few blocks (each chunk reads its blocks once). Uncovered ones go last."""
@@ -421,12 +453,14 @@ def _spatial_order(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, bloc
     return np.lexsort((np.arange(n), key[:, 2], key[:, 1], key[:, 0]))
 
 
-def _tile_chunk(partial: str, start: int, ids, lon, lat, offsets, scenes, scales, kw: dict) -> list[str]:
+def _tile_chunk(partial: str, start: int, ids, lon, lat, offsets, scenes, scales, kw: dict,
+                scale_offsets: dict | None = None) -> list[str]:
     """Tile one chunk of consecutive store rows, write its chips into the partial store's region and its
     manifest rows (written last: the chunk's completion marker). Returns the chunk's dropped locations."""
     import zarr
 
-    cs = tile_locations(SceneCatalog(scenes), ids, lon, lat, scales, offsets=offsets, **kw)
+    cs = tile_locations(SceneCatalog(scenes), ids, lon, lat, scales, offsets=offsets, scale_offsets=scale_offsets,
+                        **kw)
     group = zarr.open_group(partial, mode="r+")
     for name, arr in cs.chips.items():
         group[name][start: start + len(ids)] = arr
@@ -468,15 +502,18 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
         if not covered.all():
             tile_locations(catalog, list(ids[~covered][:50]), lon[~covered][:50], lat[~covered][:50], cfg.scales,
                            offsets=offsets[~covered][:50])  # raises the named error
+    scales, copy_offsets = jitter_copies(cfg, len(ids))
     order = _spatial_order(catalog, lon, lat, cfg.block_px)
     ids, lon, lat, offsets = ids[order], lon[order], lat[order], offsets[order]
+    copy_offsets = {k: v[order] for k, v in copy_offsets.items()}
     scenes = list(catalog.scenes)
     kw = dict(resampling=cfg.resampling, radiometry=cfg.radiometry, block_px=cfg.block_px, workers=cfg.workers,
               on_outside="drop")
     plan = {"ids": hashlib.sha256("\n".join(ids).encode()).hexdigest(),
             "xy": hashlib.sha256(np.ascontiguousarray(np.c_[lon, lat, offsets]).tobytes()).hexdigest(),
             "scenes": [[sc.name, list(sc.paths), sc.width, sc.height, list(sc.transform)] for sc in scenes],
-            "scales": [[sc.name, sc.size_m, sc.px] for sc in cfg.scales], "kw": repr(sorted(kw.items())),
+            "scales": [[sc.name, sc.size_m, sc.px] for sc in scales], "kw": repr(sorted(kw.items())),
+            "copies": hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in copy_offsets.values())).hexdigest(),
             "chunk": chunk_locations}
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     partial = out / ".partial-chips.zarr"
@@ -486,7 +523,7 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
             shutil.rmtree(partial)
         group = zarr.open_group(str(partial), mode="w")
         count = scenes[0].count
-        for sc in cfg.scales:
+        for sc in scales:
             group.create_array(sc.name, shape=(len(ids), count, sc.px, sc.px), chunks=(64, count, sc.px, sc.px),
                                dtype="float32", fill_value=np.nan, compressors=chip_codec())
         (partial / "done").mkdir()
@@ -494,7 +531,8 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
     starts = list(range(0, len(ids), chunk_locations))
     todo = [st for st in starts if not (partial / "done" / f"{st:012d}.parquet").exists()]
     items = [(str(partial), st, list(ids[st: st + chunk_locations]), lon[st: st + chunk_locations],
-              lat[st: st + chunk_locations], offsets[st: st + chunk_locations], scenes, list(cfg.scales), kw)
+              lat[st: st + chunk_locations], offsets[st: st + chunk_locations], scenes, list(scales), kw,
+              {k: v[st: st + chunk_locations] for k, v in copy_offsets.items()} or None)
              for st in todo]
     if client is None and progress and items:
         from tqdm import tqdm
@@ -505,7 +543,7 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
     manifest = pd.concat([pd.read_parquet(partial / "done" / f"{st:012d}.parquet") for st in starts],
                          ignore_index=True)
     manifest = manifest.sort_values(["scale", "index"], kind="stable",
-                                    key=lambda c: c.map({sc.name: i for i, sc in enumerate(cfg.scales)})
+                                    key=lambda c: c.map({sc.name: i for i, sc in enumerate(scales)})
                                     if c.name == "scale" else c).reset_index(drop=True)
     final = out / "chips.zarr"
     if final.exists():

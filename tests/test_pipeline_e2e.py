@@ -193,3 +193,30 @@ def test_killed_worker_mid_tiling_gives_identical_chips(tiny_study):
     for s in sync.chips:
         np.testing.assert_array_equal(sync.chips[s], dist.chips[s])
     assert sync.manifest.equals(dist.manifest)
+
+
+@pytest.mark.parametrize("mode", ["mean", "concat"])
+def test_jitter_variant_of_multiscale_concatenation(tiny_study, mode):
+    """Jittered copies of the fine scale are tiled as extra scales and join it averaged or concatenated."""
+    import numpy as np
+
+    params, out = tiny_study
+    cfg = yaml.safe_load(params.read_text())
+    cfg["tile"]["jitter_copies"] = {"scales": ["s240m"], "copies": 3, "jitter_m": [50.0, 150.0], "seed": 1}
+    cfg["features"]["jitter"] = mode
+    params.write_text(yaml.safe_dump(cfg))
+    for stage in (tile, embed, features):
+        assert stage.main(["--params", str(params), "--out", str(out)]) == 0
+    manifest = __import__("pandas").read_parquet(out / "tile" / "manifest.parquet")
+    assert {"s240m@j0", "s240m@j1", "s240m@j2"} <= set(manifest["scale"])
+    copy = manifest[manifest["scale"] == "s240m@j0"]
+    base = manifest[manifest["scale"] == "s240m"]
+    shift = np.hypot(((copy["minx"].to_numpy() - base["minx"].to_numpy())), (copy["miny"].to_numpy() - base["miny"].to_numpy()))
+    assert ((shift >= 50 - 1e-6) & (shift <= 150 + 1e-6)).all()
+    index = json.loads((out / "features" / "index.json").read_text())
+    assert set(index["sets"]) == {"s240m", "s1920m", "all"}  # copies are not scale sets of their own
+    fine = [c for c in index["sets"]["s240m"]["columns"] if c.startswith("spectral:")]
+    per_window = len(json.loads((out / "embed" / "spectral" / "feature_names.json").read_text()))
+    assert len(fine) <= (4 * per_window if mode == "concat" else per_window)
+    assert len(fine) > (per_window if mode == "concat" else 0)
+    assert cate.main(["--params", str(params), "--out", str(out)]) == 0
