@@ -18,9 +18,8 @@ import sys
 import textwrap
 from pathlib import Path
 
-from models.errors import EncoderError
-
 from .errors import PipelineError
+from .stages._common import guarded
 
 STAGES = ("prepare", "ingest", "tile", "embed", "features", "cate", "evaluate", "scaling")
 
@@ -271,19 +270,7 @@ def main(argv=None) -> int:
         module = importlib.import_module(f"pipeline.stages.{argv[0]}")
         return module.main(argv[1:] + (["--debug"] if debug and "--debug" not in argv[1:] else []))
     args = parser.parse_args(argv)
-    try:
-        args.func(args)
-    except (PipelineError, EncoderError) as exc:
-        if args.debug:
-            raise
-        print(f"error [{args.command}] {exc}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as exc:
-        if args.debug:
-            raise
-        print(f"error [{args.command}] {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(args.command, args.debug, args.func, args)
 
 
 if __name__ == "__main__":

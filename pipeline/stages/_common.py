@@ -12,6 +12,26 @@ from ..config import Config, load_config
 from ..errors import PipelineError
 
 
+USER_ERRORS = (PipelineError, EncoderError)
+
+
+def guarded(name: str, debug: bool, func, *args) -> int:
+    """Run ``func(*args)``; on bad input print one line naming it and return 2 (re-raise with ``debug``)."""
+    try:
+        func(*args)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        print(f"error [{name}] {exc}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:  # e.g. an unreadable file met before our own checks
+        if debug:
+            raise
+        print(f"error [{name}] {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def run_stage(name: str, description: str, body: Callable[[Config, argparse.Namespace], None],
               add_args: Callable[[argparse.ArgumentParser], None] | None = None, argv=None) -> int:
     """Parse ``--params`` (and stage options), load the validated config and run ``body``.
@@ -25,12 +45,4 @@ def run_stage(name: str, description: str, body: Callable[[Config, argparse.Name
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.params)
-        body(cfg, args)
-    except (PipelineError, EncoderError) as exc:
-        if args.debug:
-            raise
-        print(f"error [{name}] {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return guarded(name, args.debug, lambda: body(load_config(args.params), args))
