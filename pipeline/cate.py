@@ -157,6 +157,42 @@ def _importances(est) -> np.ndarray | None:
     return None if imp is None else np.asarray(imp, dtype=float).reshape(-1)
 
 
+def fit_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits, cfg, seed: int) -> dict:
+    """Outcome and propensity nuisances for every split, fitted once and shared by all scale sets.
+
+    For split (fold, train, test): out-of-fold predictions on the training rows (2 inner folds grouped by
+    cluster; these residualise the final forest's inputs) and predictions on the test rows from models
+    fitted on all training rows (for DR scores). Nothing is fitted on the test rows.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(clusters)
+    out = {}
+    for f, tr, te in splits:
+        idx = np.flatnonzero(tr)
+        m_tr = np.empty(len(idx))
+        e_tr = np.empty(len(idx))
+        for k, (a, b) in enumerate(GroupKFold(n_splits=2).split(idx, groups=groups[idx])):
+            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                             n_jobs=cfg.n_jobs, random_state=seed + 100 * f + k)
+            m_tr[b] = my.fit(Xn[idx[a]], Y[idx[a]]).predict(Xn[idx[b]])
+            e_tr[b] = _propensity_model(cfg.propensity).fit(Xn[idx[a]], W[idx[a]]).predict_proba(Xn[idx[b]])[:, 1]
+        my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                         n_jobs=cfg.n_jobs, random_state=seed + 1000 + f)
+        m_te = my.fit(Xn[tr], Y[tr]).predict(Xn[te])
+        e_te = _propensity_model(cfg.propensity).fit(Xn[tr], W[tr]).predict_proba(Xn[te])[:, 1]
+        out[f] = (m_tr, e_tr, m_te, e_te)
+    return out
+
+
+def _final_forest(cfg, seed: int):
+    from econml.grf import CausalForest
+
+    return CausalForest(n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
+                        max_samples=cfg.max_samples, honest=True, inference=True, fit_intercept=True,
+                        n_jobs=cfg.n_jobs, random_state=seed)
+
+
 @dataclass
 class CrossFitResult:
     """Out-of-fold CATE estimates for every unit."""
@@ -187,7 +223,7 @@ def training_splits(folds: np.ndarray, scheme: str) -> list[tuple[int, np.ndarra
 
 def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray,
                   cfg, seed: int, with_outcome_model: bool = False, scheme: str = "kfold",
-                  progress: bool = False, desc: str = "folds") -> CrossFitResult:
+                  progress: bool = False, desc: str = "folds", nuisances: dict | None = None) -> CrossFitResult:
     """Fit one causal forest per fold on training folds only; predict CATE (and 95 % interval) out of fold.
 
     Args:
@@ -198,6 +234,9 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         with_outcome_model: also fit an outcome model m(x) = E[Y|X] on the same training folds (DR scores).
         scheme: ``kfold`` or ``sequential`` (see :func:`training_splits`); with ``sequential`` the units of
             fold 0 get NaN.
+        nuisances: shared nuisances from :func:`fit_nuisances` (same folds and scheme). When given, only
+            the final causal forest is fitted here, on the residualised outcome and treatment (the
+            R-learner stage of ``CausalForestDML``), and ``m_hat``/``e_hat`` come from the shared models.
     """
     X = np.asarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
@@ -217,6 +256,18 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
         from tqdm import tqdm
         it = tqdm(splits, desc=desc, unit="fold")
     for f, tr, te in it:
+        if nuisances is not None:
+            m_tr, e_tr, m_te, e_te = nuisances[f]
+            forest = _final_forest(cfg, seed + f)
+            forest.fit(X[tr], (W[tr] - e_tr).reshape(-1, 1), Y[tr] - m_tr)
+            forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
+            point, low, high = forest.predict(X[te], interval=True, alpha=0.05)
+            tau[te], lo[te], hi[te] = point.reshape(-1), low.reshape(-1), high.reshape(-1)
+            e_hat[te] = e_te
+            if with_outcome_model:
+                m_hat[te] = m_te
+            importances.append(np.asarray(forest.feature_importances_, dtype=float).reshape(-1))
+            continue
         est = make_learner(cfg, seed + f)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -338,13 +389,19 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     rows = []
     importance = {}
     ref = ref_seq = None
+    shared = {"kfold": None, "sequential": None}
+    if cfg.shared_nuisance:  # nuisances fitted once on the reference set's features, reused by every set
+        Xn = read_npy(features_dir / f"{cfg.dr_reference}.npy")
+        shared = {sch: fit_nuisances(Xn, Y, W, clusters, training_splits(folds, sch), cfg, seed + off)
+                  for sch, off in (("kfold", 0), ("sequential", 500))}
     for name in sets:
         X = read_npy(features_dir / f"{name}.npy")
         is_ref = name == cfg.dr_reference
         kf = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=is_ref, scheme="kfold",
-                           progress=progress, desc=f"cate {name} (k-fold)")
+                           progress=progress, desc=f"cate {name} (k-fold)", nuisances=shared["kfold"])
         sq = crossfit_cate(X, Y, W, clusters, folds, cfg, seed + 500, with_outcome_model=is_ref,
-                           scheme="sequential", progress=progress, desc=f"cate {name} (sequential)")
+                           scheme="sequential", progress=progress, desc=f"cate {name} (sequential)",
+                           nuisances=shared["sequential"])
         rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
                                   "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
                                   "priority_seq": sq.tau_hat}))

@@ -78,6 +78,7 @@ cate:
   propensity: share                 # known assignment probability, share, or estimate
   dr_reference: all
   n_jobs: -1
+  shared_nuisance: false            # true: nuisances fitted once and reused by every scale set
 
 evaluate:
   targets: [AUTOC, QINI]

@@ -156,6 +156,7 @@ class CateConfig:
     propensity: Union[float, str] = 0.5
     dr_reference: str = "all"
     n_jobs: int = -1
+    shared_nuisance: bool = False
 
 
 @dataclass(frozen=True)
