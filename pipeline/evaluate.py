@@ -234,6 +234,6 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
     toc = pd.concat(toc_rows, ignore_index=True)[["set", "q", "estimate", "std_err"]]
     write_with(out / "rate_table.csv", lambda tmp: rate_table.to_csv(tmp, index=False, float_format="%.6g"))
     write_with(out / "toc.csv", lambda tmp: toc.to_csv(tmp, index=False, float_format="%.6g"))
-    write_with(out / "toc.png", lambda tmp: plot_toc(toc, tmp, title=f"TOC by scale set (priorities by CATE)"))
+    write_with(out / "toc.png", lambda tmp: plot_toc(toc, tmp, title="TOC by scale set (priorities by CATE)"))
     write_json(out / "metrics.json", metrics)
     return metrics

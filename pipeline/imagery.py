@@ -19,7 +19,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 

@@ -62,7 +62,7 @@ def validate_units(units: pd.DataFrame, source: str = "units",
         bad = units[col].isna()
         if bad.any():
             raise UnitsError(f"{source}: {col}", "no missing values", f"{int(bad.sum())} of {n} rows missing",
-                             f"fill or remove those rows explicitly (the pipeline never drops units silently)")
+                             "fill or remove those rows explicitly (the pipeline never drops units silently)")
     w = units["W"]
     if not pd.api.types.is_numeric_dtype(w) or not set(np.unique(w.to_numpy())) <= {0, 1}:
         vals = pd.unique(w)[:6].tolist()
