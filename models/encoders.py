@@ -108,7 +108,8 @@ class TimmEncoder(Encoder):
         return dict(self._cfg)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.float() - self.REFL_MEAN) / self.REFL_STD
+        x = x.double() if x.dtype == torch.float64 else x.float()  # float64 kept for reference checks
+        x = (x - self.REFL_MEAN) / self.REFL_STD
         x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",

@@ -76,3 +76,11 @@ def require(path: str | os.PathLike, what: str) -> Path:
     if not path.exists():
         raise ArtifactError(str(path), what, "no such file or folder", "run the upstream stage first (dvc repro)")
     return path
+
+
+def chip_codec():
+    """The chip store's compressor: Blosc LZ4 with byte shuffle (decodes at memory speed, so that reading
+    chips hides behind the encoder)."""
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")

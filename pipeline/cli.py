@@ -59,7 +59,8 @@ embed:
   encoders: [spectral]              # see configs/encoders/ (vit_tiny, resnet_tiny, regnet_tiny, ...)
   batch_size: 64
   device: auto                      # cuda when available
-  num_workers: 0
+  num_workers: 0                    # DataLoader processes (0: reader threads instead)
+  read_threads: 0                   # threads reading chips ahead of the encoder (0: one per core, <= 8)
 
 features:
   encoders: [spectral]

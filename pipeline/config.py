@@ -125,10 +125,15 @@ class TileConfig:
 
 @dataclass(frozen=True)
 class EmbedConfig:
+    """Encoders run over every scale: batch size, device, and how the chip store is read ahead of the
+    encoder (``read_threads`` reader threads, 0 = one per core up to 8; or ``num_workers`` DataLoader
+    processes when > 0)."""
+
     encoders: tuple[str, ...] = ("spectral",)
     batch_size: int = 64
     device: str = "auto"
     num_workers: int = 0
+    read_threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -344,6 +349,12 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("tile.resampling", f"one of {RESAMPLING_METHODS}", cfg.tile.resampling, "pick one of them")
     if cfg.embed.batch_size < 1:
         bad("embed.batch_size", "a positive integer", cfg.embed.batch_size, "use e.g. 64")
+    if cfg.embed.num_workers < 0:
+        bad("embed.num_workers", "0 (reader threads) or a number of DataLoader processes", cfg.embed.num_workers,
+            "use 0")
+    if cfg.embed.read_threads < 0:
+        bad("embed.read_threads", "0 (one per core, at most 8) or a number of threads", cfg.embed.read_threads,
+            "use 0")
     c = cfg.cate
     if c.learner not in ("causal_forest", "dr_forest"):
         bad("cate.learner", "'causal_forest' or 'dr_forest'", c.learner, "pick one")

@@ -52,40 +52,101 @@ class ChipBatches(torch.utils.data.Dataset):
         return torch.from_numpy(np.ascontiguousarray(self.chips[s: s + self.rows], dtype=np.float32))
 
 
-def _prefetch(iterable, depth: int = 2):
-    """Iterate ``iterable`` in a background thread, ``depth`` items ahead (reading overlaps compute)."""
-    import queue
-    import threading
+def prepare_encoder(encoder: Encoder, dev: torch.device) -> Encoder:
+    """Move ``encoder`` to ``dev`` in eval mode; channels-last memory on a GPU."""
+    enc = encoder.to(dev).eval()
+    if dev.type == "cuda":
+        enc = enc.to(memory_format=torch.channels_last)
+    return enc
 
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
 
-    def work():
+def forward_batch(enc: Encoder, x: torch.Tensor, dev: torch.device) -> torch.Tensor:
+    """One batch through an encoder prepared by :func:`prepare_encoder`, the way the pipeline runs it: on a
+    GPU channels-last with bf16 autocast (float32 for the spectral statistics, which are cheap and
+    precision-sensitive); on the CPU in float32."""
+    if dev.type != "cuda":
+        return enc(x)
+    x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=enc.family != "spectral"):
+        return enc(x)
+
+
+def _ordered_prefetch(fn, n_items: int, threads: int, depth: int):
+    """Yield ``fn(0), ..., fn(n_items - 1)`` in order, computing up to ``depth`` items ahead on ``threads``
+    threads (Zarr/Blosc decoding and NumPy copies release the GIL, so the reads run in parallel)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="chip-reader") as pool:
+        pending: deque = deque()
+        nxt = 0
         try:
-            for item in iterable:
-                q.put(item)
-        except BaseException as exc:  # re-raised in the consumer
-            q.put(exc)
-        q.put(done)
+            while nxt < n_items or pending:
+                while nxt < n_items and len(pending) < depth:
+                    pending.append(pool.submit(fn, nxt))
+                    nxt += 1
+                yield pending.popleft().result()
+        finally:
+            for f in pending:
+                f.cancel()
 
-    threading.Thread(target=work, daemon=True).start()
-    while True:
-        item = q.get()
-        if item is done:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+
+def default_read_threads() -> int:
+    """Reader threads when ``embed.read_threads`` is 0: one per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def iter_blocks(chips, batch_size: int, pin: bool = False, num_workers: int = 0, read_threads: int = 0):
+    """Chunk-aligned blocks of ``chips`` as float32 tensors, in order, read ahead by ``read_threads``
+    threads (0: :func:`default_read_threads`) or, with ``num_workers`` > 0, by DataLoader processes.
+
+    With ``pin`` (for asynchronous copies to a GPU) the reader threads copy each block into one of a ring of
+    pinned buffers allocated once (allocating pinned memory per block is slow and serialised by the
+    driver). A block's buffer is reused once the next block is requested: finish the work that reads it
+    (synchronise the device) before asking for the next one.
+    """
+    dataset = ChipBatches(chips, batch_size)
+    if num_workers:
+        yield from torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
+                                               pin_memory=pin, prefetch_factor=2, persistent_workers=False)
+        return
+    threads = read_threads or default_read_threads()
+    depth = threads + 1
+    if not pin:
+        yield from _ordered_prefetch(dataset.__getitem__, len(dataset), threads, depth)
+        return
+    import queue
+
+    free: queue.Queue = queue.Queue()
+    with torch.inference_mode(False):  # the consumer may iterate in inference mode; the readers never do
+        for _ in range(min(depth + 2, len(dataset))):
+            buf = torch.empty((dataset.rows,) + tuple(chips.shape[1:]), dtype=torch.float32)
+            free.put(buf.pin_memory() if torch.cuda.is_available() else buf)
+
+    def read(i: int):
+        s = i * dataset.rows
+        block = np.asarray(dataset.chips[s: s + dataset.rows])
+        buf = free.get()
+        np.copyto(buf.numpy()[: len(block)], block, casting="same_kind")
+        return buf[: len(block)], buf
+
+    held = None
+    for view, buf in _ordered_prefetch(read, len(dataset), threads, depth):
+        if held is not None:
+            free.put(held)
+        held = buf
+        yield view
 
 
 def embed_chips(encoder: Encoder, chips, batch_size: int = 64, device: str = "auto", num_workers: int = 0,
-                progress: bool = False, desc: str = "embedding") -> np.ndarray:
+                progress: bool = False, desc: str = "embedding", read_threads: int = 0) -> np.ndarray:
     """Encode chips (NumPy or Zarr array, locations x bands x px x px) into (locations, embed_dim) float32.
 
-    Blocks are read by a DataLoader (``num_workers`` background processes; with 0, one background thread
-    prefetches two blocks ahead; pinned memory on a GPU), so reading the chip store overlaps with the
-    encoder's compute. On a GPU the encoder runs in bf16 autocast
-    with channels-last memory; on the CPU in float32 with deterministic algorithms.
+    Chunk-aligned blocks of the store are read ahead of the encoder, so that reading overlaps compute: by
+    ``read_threads`` threads (0: :func:`default_read_threads`), which decode blocks in parallel and, on a
+    GPU, copy them into pinned memory; or, with ``num_workers`` > 0, by a DataLoader with that many
+    processes. The encoder runs as :func:`forward_batch` runs it (bf16 autocast and channels-last on a
+    GPU; float32 with deterministic algorithms on the CPU). Outputs come back to the host once per block.
 
     Raises:
         EncoderError: when the chip band count differs from the encoder's ``in_chans``.
@@ -98,31 +159,20 @@ def embed_chips(encoder: Encoder, chips, batch_size: int = 64, device: str = "au
                            f"chips with {chips.shape[1]} bands", "create the encoder with in_chans = chip bands")
     dev = choose_device(device)
     torch.use_deterministic_algorithms(dev.type == "cpu", warn_only=True)
-    enc = encoder.to(dev).eval()
+    enc = prepare_encoder(encoder, dev)
     gpu = dev.type == "cuda"
-    if gpu:
-        enc = enc.to(memory_format=torch.channels_last)
     out = np.empty((chips.shape[0], encoder.embed_dim), dtype=np.float32)
-    loader = torch.utils.data.DataLoader(ChipBatches(chips, batch_size), batch_size=None, shuffle=False,
-                                         num_workers=num_workers, pin_memory=gpu,
-                                         prefetch_factor=2 if num_workers else None,
-                                         persistent_workers=False)
-    batches = loader if num_workers else _prefetch(loader)
+    batches = iter_blocks(chips, batch_size, gpu, num_workers, read_threads)
     if progress:
         from tqdm import tqdm
-        batches = tqdm(batches, desc=desc, unit="block", total=len(loader))
+        batches = tqdm(batches, desc=desc, unit="block", total=len(ChipBatches(chips, batch_size)))
     s = 0
     with torch.inference_mode():
         for block in batches:
-            for x in block.split(batch_size):
-                if gpu:
-                    x = x.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=encoder.family != "spectral"):
-                        y = enc(x)
-                else:
-                    y = enc(x)
-                out[s: s + len(x)] = y.float().cpu().numpy()
-                s += len(x)
+            ys = [forward_batch(enc, x, dev) for x in block.split(batch_size)]
+            y = torch.cat(ys) if len(ys) > 1 else ys[0]
+            out[s: s + len(y)] = y.float().cpu().numpy()
+            s += len(y)
     return out
 
 
@@ -169,7 +219,7 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
                 emb = np.concatenate(run_ordered(client, _embed_rows, parts), axis=0)
             else:
                 emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
-                                  progress=progress, desc=f"{name}:{scale}")
+                                  progress=progress, desc=f"{name}:{scale}", read_threads=cfg.read_threads)
             write_npy(out / name / f"{scale}.npy", emb)
             result[(name, scale)] = emb
         names = enc.feature_names() if hasattr(enc, "feature_names") else [f"d{i}" for i in range(enc.embed_dim)]

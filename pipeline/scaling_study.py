@@ -21,21 +21,23 @@ from models.registry import build_family, list_presets
 from models.scaling import exponents, scale
 
 from .artifacts import write_json, write_with
-from .embedding import choose_device
+from .embedding import choose_device, forward_batch, prepare_encoder
 from .errors import ConfigError
 
 
 def time_forward(encoder, batch: int, device: torch.device, repeats: int = 5) -> float:
-    """Median images/s of ``encoder`` on random inputs of its own size (one warm-up batch)."""
+    """Median images/s of ``encoder`` on random inputs of its own size (one warm-up batch), run as the
+    embedding stage runs it (:func:`pipeline.embedding.forward_batch`: bf16 autocast and channels-last on a
+    GPU, float32 on the CPU)."""
     x = torch.rand(batch, encoder.in_chans, encoder.input_size, encoder.input_size, device=device) * 0.3
-    enc = encoder.to(device).eval()
+    enc = prepare_encoder(encoder, device)
     times = []
     with torch.inference_mode():
         for i in range(repeats + 1):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            enc(x)
+            forward_batch(enc, x, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i:

@@ -39,7 +39,7 @@ import pandas as pd
 import rasterio
 
 from ._area_kernel import area_resample, summed_area
-from .artifacts import require, write_with
+from .artifacts import chip_codec, require, write_with
 from .config import ScaleConfig, TileConfig
 from .errors import ArtifactError, ImageryError, TilingError
 from .imagery import Radiometry, Scene, SceneCatalog, SceneReader
@@ -355,14 +355,6 @@ def _swapped_hits(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray) -> in
         minx, miny, maxx, maxy = scene.bounds
         hits |= (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
     return int(hits.sum())
-
-
-def chip_codec():
-    """The chip store's compressor: Blosc LZ4 with byte shuffle (decodes at memory speed, so that reading
-    chips hides behind the encoder)."""
-    from zarr.codecs import BloscCodec
-
-    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
 
 
 def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
