@@ -185,6 +185,133 @@ def fit_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.nda
     return out
 
 
+@dataclass
+class LinearCATE:
+    """A linear CATE index ``a + z'b`` (z: standardised features) fitted by a ridge R-learner, with the
+    cluster-robust (sandwich) covariance of (a, b)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray  # (1 + p,): intercept a, then b
+    cov: np.ndarray  # (1 + p, 1 + p)
+    alpha: float
+
+    def design(self, X: np.ndarray) -> np.ndarray:
+        return np.column_stack([np.ones(len(X)), (np.asarray(X, dtype=np.float64) - self.mean) / self.scale])
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Point predictions and their variances (from the sandwich covariance)."""
+        phi = self.design(X)
+        return phi @ self.coef, np.einsum("ij,jk,ik->i", phi, self.cov, phi)
+
+
+def _ridge_solve(D: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge with the first column (intercept) unpenalised: coefficients and the inverse Gram matrix."""
+    G = D.T @ D
+    G[np.arange(1, G.shape[0]), np.arange(1, G.shape[0])] += alpha
+    inv = np.linalg.pinv(G, hermitian=True)
+    return inv @ (D.T @ y), inv
+
+
+def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray,
+                    alphas=None, cv: int = 5) -> LinearCATE:
+    """Ridge R-learner: minimise sum_i (y_res_i - w_res_i (a + z_i'b))^2 + alpha |b|^2 over (a, b).
+
+    ``y_res`` and ``w_res`` are the outcome and treatment residuals of the causal forest's first stage and
+    z the features standardised on these rows. ``alpha`` is chosen by cross-validation **grouped by
+    cluster** (leave-one-row-out would pick too little penalty when units of a cluster share features).
+    The covariance of (a, b) is the cluster-robust sandwich ``A^-1 (sum_c s_c s_c') A^-1`` with A the
+    penalised Gram matrix and s_c the cluster's score sum; it ignores the ridge bias, as the forest's own
+    variance does.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    scale = X.std(axis=0)
+    scale[scale == 0] = 1.0
+    D = w_res[:, None] * np.column_stack([np.ones(len(X)), (X - mean) / scale])
+    alphas = np.logspace(-2, 5, 29) if alphas is None else np.asarray(alphas, dtype=float)
+    groups = np.asarray(groups)
+    k = min(cv, len(np.unique(groups)))
+    loss = np.zeros(len(alphas))
+    for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
+        for j, alpha in enumerate(alphas):
+            coef, _ = _ridge_solve(D[a_idx], y_res[a_idx], alpha)
+            loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ coef) ** 2)
+    alpha = float(alphas[int(np.argmin(loss))])
+    coef, inv = _ridge_solve(D, y_res, alpha)
+    resid = y_res - D @ coef
+    _, inverse = np.unique(groups, return_inverse=True)
+    scores = np.zeros((inverse.max() + 1, D.shape[1]))
+    np.add.at(scores, inverse, D * resid[:, None])
+    cov = inv @ (scores.T @ scores) @ inv
+    return LinearCATE(mean=mean, scale=scale, coef=coef, cov=cov, alpha=alpha)
+
+
+@dataclass
+class FinalFit:
+    """The final stage fitted on one training split: a causal forest on the residuals, optionally after a
+    linear CATE index (``correction == 'ridge'``)."""
+
+    forest: object
+    linear: LinearCATE | None
+    correction: str
+
+    def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Point predictions and variances (forest variance plus, with the index, the index's variance)."""
+        point, var = self.forest.predict_and_var(X)
+        point, var = point.reshape(-1), var.reshape(-1)
+        if self.linear is not None:
+            lp, lv = self.linear.predict(X)
+            point, var = point + lp, var + lv
+        return point, var
+
+    def importance(self, X: np.ndarray) -> np.ndarray:
+        """Feature importances: the forest's; with the index, mixed with the index's normalised squared
+        standardised coefficients, weighted by each part's share of the variance of the predictions."""
+        imp = np.asarray(self.forest.feature_importances_, dtype=float).reshape(-1)
+        if self.linear is None:
+            return imp
+        b2 = self.linear.coef[1:] ** 2
+        lin_imp = b2 / b2.sum() if b2.sum() > 0 else np.zeros_like(b2)
+        v_lin = float(np.var(self.linear.predict(X)[0]))
+        v_forest = float(np.var(self.forest.predict(X).reshape(-1)))
+        if v_lin + v_forest == 0:
+            return imp
+        return (v_forest * imp + v_lin * lin_imp) / (v_forest + v_lin)
+
+
+def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray, cfg, seed: int,
+              correction: str = "none") -> FinalFit:
+    """Fit the final stage on residualised data (R-learner form of ``CausalForestDML``'s last step).
+
+    ``correction``: ``none`` (the causal forest alone), ``ridge`` (a linear CATE index from
+    :func:`fit_linear_cate`, then the forest on the heterogeneity it leaves: ``y_res - w_res * index``) or
+    ``auto`` (the one of the two with the lower R-loss on held-out clusters: two inner folds of the
+    training rows, grouped by cluster; the outer test fold is never used).
+    """
+    if correction == "auto":
+        from sklearn.model_selection import GroupKFold
+
+        loss = {"none": 0.0, "ridge": 0.0}
+        for a_idx, b_idx in GroupKFold(n_splits=2).split(X, groups=groups):
+            for mode in loss:
+                fit = fit_final(X[a_idx], w_res[a_idx], y_res[a_idx], groups[a_idx], cfg, seed, mode)
+                pred = fit.predict(X[b_idx])[0]
+                loss[mode] += float(np.sum((y_res[b_idx] - w_res[b_idx] * pred) ** 2))
+        correction = min(loss, key=loss.get)
+    linear = None
+    target = y_res
+    if correction == "ridge":
+        linear = fit_linear_cate(X, w_res, y_res, groups)
+        target = y_res - w_res * linear.predict(X)[0]
+    forest = _final_forest(cfg, seed)
+    forest.fit(X, w_res.reshape(-1, 1), target)
+    forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
+    return FinalFit(forest=forest, linear=linear, correction=correction)
+
+
 def _final_forest(cfg, seed: int):
     from econml.grf import CausalForest
 
@@ -204,6 +331,7 @@ class CrossFitResult:
     m_hat: np.ndarray | None  # out-of-fold E[Y|X], when requested
     e_hat: np.ndarray  # propensity used for each unit
     importance: np.ndarray | None = None  # feature importances of the CATE forests, averaged over folds
+    corrections: dict | None = None  # fold -> final stage used ('none' / 'ridge'), with cate.linear_correction
 
 
 def training_splits(folds: np.ndarray, scheme: str) -> list[tuple[int, np.ndarray, np.ndarray]]:
@@ -251,22 +379,27 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
     m_hat = np.full(n, np.nan) if with_outcome_model else None
     groups = np.asarray(clusters)
     importances = []
+    correction = getattr(cfg, "linear_correction", "none")
+    corrections = {}
+    if nuisances is None and correction != "none":  # the correction needs the residuals: fit them here
+        nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)
     it = splits
     if progress:
         from tqdm import tqdm
         it = tqdm(splits, desc=desc, unit="fold")
+    z = 1.959963984540054  # 97.5 % normal quantile
     for f, tr, te in it:
         if nuisances is not None:
             m_tr, e_tr, m_te, e_te = nuisances[f]
-            forest = _final_forest(cfg, seed + f)
-            forest.fit(X[tr], (W[tr] - e_tr).reshape(-1, 1), Y[tr] - m_tr)
-            forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
-            point, low, high = forest.predict(X[te], interval=True, alpha=0.05)
-            tau[te], lo[te], hi[te] = point.reshape(-1), low.reshape(-1), high.reshape(-1)
+            fit = fit_final(X[tr], W[tr] - e_tr, Y[tr] - m_tr, groups[tr], cfg, seed + f, correction)
+            point, var = fit.predict(X[te])
+            se = np.sqrt(np.maximum(var, 0.0))
+            tau[te], lo[te], hi[te] = point, point - z * se, point + z * se
             e_hat[te] = e_te
             if with_outcome_model:
                 m_hat[te] = m_te
-            importances.append(np.asarray(forest.feature_importances_, dtype=float).reshape(-1))
+            importances.append(fit.importance(X[te]))
+            corrections[int(f)] = fit.correction
             continue
         est = make_learner(cfg, seed + f)
         with warnings.catch_warnings():
@@ -294,7 +427,8 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
             my.fit(X[tr], Y[tr])
             m_hat[te] = my.predict(X[te])
     return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat,
-                          importance=np.mean(importances, axis=0) if importances else None)
+                          importance=np.mean(importances, axis=0) if importances else None,
+                          corrections=corrections or None)
 
 
 def importance_by_scale(importance: np.ndarray, columns: list[str]) -> dict[str, float]:
@@ -388,6 +522,7 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     folds = make_folds(clusters, cfg.folds, seed)
     rows = []
     importance = {}
+    corrections = {}
     ref = ref_seq = None
     shared = {"kfold": None, "sequential": None}
     if cfg.shared_nuisance:  # nuisances fitted once on the reference set's features, reused by every set
@@ -407,6 +542,9 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
                                   "priority_seq": sq.tau_hat}))
         if kf.importance is not None:
             importance[name] = importance_by_scale(kf.importance, sets[name]["columns"])
+        if kf.corrections is not None:
+            corrections[name] = {"kfold": {str(k): v for k, v in kf.corrections.items()},
+                                 "sequential": {str(k): v for k, v in (sq.corrections or {}).items()}}
         if is_ref:
             ref, ref_seq = kf, sq
     seq_mask = ~np.isnan(ref_seq.tau_hat)
@@ -420,5 +558,6 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     write_with(out / "dr.parquet", lambda tmp: dr.to_parquet(tmp, index=False))
     write_json(out / "sets.json", {k: v["scales"] for k, v in sets.items()})
     write_json(out / "importance.json", importance)
+    write_json(out / "corrections.json", {"linear_correction": cfg.linear_correction, "chosen": corrections})
     write_with(out / "cate.parquet", lambda tmp: table.to_parquet(tmp, index=False))
     return table

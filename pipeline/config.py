@@ -162,6 +162,7 @@ class CateConfig:
     dr_reference: str = "all"
     n_jobs: int = -1
     shared_nuisance: bool = False
+    linear_correction: str = "none"
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
     c = cfg.cate
     if c.learner not in ("causal_forest", "dr_forest"):
         bad("cate.learner", "'causal_forest' or 'dr_forest'", c.learner, "pick one")
+    if c.linear_correction not in ("none", "ridge", "auto"):
+        bad("cate.linear_correction", "'none', 'ridge' or 'auto'", c.linear_correction, "pick one")
+    if c.linear_correction != "none" and c.learner != "causal_forest":
+        bad("cate.linear_correction", "'none' with cate.learner dr_forest (the correction is a causal forest "
+            "final stage)", c.linear_correction, "use learner causal_forest or linear_correction none")
     if c.folds < 2:
         bad("cate.folds", "at least 2 folds", c.folds, "use e.g. 5")
     if c.n_estimators < 4 or c.n_estimators % 4:

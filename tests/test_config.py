@@ -46,6 +46,10 @@ def test_wrong_type_names_key():
     ({"tile": {"scales": [{"name": "a", "size_m": 100.0}]}}, "tile.scales[0]"),
     ({"tile": {"resampling": "cubic"}}, "tile.resampling"),
     ({"evaluate": {"targets": ["AUC"]}}, "evaluate.targets"),
+    ({"cate": {"linear_correction": "lasso"}}, "cate.linear_correction"),
+    ({"cate": {"linear_correction": "ridge", "learner": "dr_forest"}}, "cate.linear_correction"),
+    ({"embed": {"read_threads": -1}}, "embed.read_threads"),
+    ({"embed": {"num_workers": -2}}, "embed.num_workers"),
 ])
 def test_invalid_values(data, key):
     with pytest.raises(ConfigError) as exc:
