@@ -5,6 +5,11 @@ k, a causal forest (econml ``CausalForestDML``, honest, with explicit nuisance m
 cross-fitting is grouped by cluster) is fitted on the other folds and predicts the CATE of fold k. So every
 unit's ``tau_hat`` comes from a model that never saw that unit's outcome (nor any outcome of its cluster).
 
+With ``cate.linear_correction`` (``ridge`` / ``auto``) the final stage is fitted here in its R-learner form on
+residuals from :func:`fit_nuisances`: a ridge R-learner index, then the causal forest on the heterogeneity
+that the index leaves (:func:`fit_final`), which removes the forest's smoothing bias for effects that vary
+smoothly across many features.
+
 Doubly-robust (AIPW) scores for a binary treatment, as in grf's ``get_scores``:
 
 .. math::  \Gamma_i = \hat\tau(x_i) + \frac{W_i - e_i}{e_i (1 - e_i)}

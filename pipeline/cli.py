@@ -80,6 +80,7 @@ cate:
   dr_reference: all
   n_jobs: -1
   shared_nuisance: false            # true: nuisances fitted once and reused by every scale set
+  linear_correction: none           # ridge: a linear CATE index before the forest; auto: per fold
 
 evaluate:
   targets: [AUTOC, QINI]
