@@ -384,7 +384,7 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
     m_hat = np.full(n, np.nan) if with_outcome_model else None
     groups = np.asarray(clusters)
     importances = []
-    correction = getattr(cfg, "linear_correction", "none")
+    correction = cfg.linear_correction
     corrections = {}
     if nuisances is None and correction != "none":  # the correction needs the residuals: fit them here
         nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)

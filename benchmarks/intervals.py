@@ -5,7 +5,7 @@ outcomes rebuilt from the same features with a quadratic or a step-like effect. 
 each `cate.linear_correction` (none, ridge, auto): the share of units whose 95 % interval covers the true
 effect, the mean squared error and the correlation with the truth, and the final stages `auto` chose.
 
-    python benchmarks/coverage.py [--study .] [--set all] [--trees 200]
+    python benchmarks/intervals.py [--study .] [--set all] [--trees 200]
 """
 
 from __future__ import annotations
