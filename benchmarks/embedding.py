@@ -72,7 +72,7 @@ def main() -> None:
         bare_forward(enc, batches[:2], device, gpu)  # warm-up
         embed_chips(enc, z[: args.batch * 2], args.batch, str(device), num_workers=args.workers,
                     read_threads=args.threads)  # warm-up
-        bare, ours, read, decode = [], [], [], []
+        bare, ours, read, decode, decode_zarr = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so that drifts of the machine hit both alike
             t0 = time.perf_counter()
             bare_forward(enc, batches, device, gpu)
@@ -84,19 +84,19 @@ def main() -> None:
             for _ in iter_blocks(z, args.batch, gpu, args.workers, args.threads):
                 pass
             read.append(time.perf_counter() - t0)
-            if gpu:
+            for direct, times in ((True, decode), (False, decode_zarr)):
                 t0 = time.perf_counter()
-                for _ in iter_blocks(z, args.batch, False, args.workers, args.threads):
+                for _ in iter_blocks(z, args.batch, False, args.workers, args.threads, direct=direct):
                     pass
-                decode.append(time.perf_counter() - t0)
+                times.append(time.perf_counter() - t0)
         t_bare, t_ours, t_read = float(np.median(bare)), float(np.median(ours)), float(np.median(read))
         print(f"device {device}; encoder {args.encoder}; {args.n} chips {args.bands}x{args.px}x{args.px}; "
               f"{'bf16 autocast; ' if gpu else ''}batch {args.batch}; Zarr chunk {args.chunk} ({args.codec}); loader workers {args.workers}; reader threads {args.threads or 'auto'}; median of {args.repeats}")
         print(f"bare forward (in memory): {args.n / t_bare:9.1f} images/s")
         print(f"store -> loader -> model: {args.n / t_ours:9.1f} images/s   ratio {t_bare / t_ours:.2f}")
         print(f"store -> loader (no model): {args.n / t_read:7.1f} images/s   (the reading bound)")
-        if gpu:
-            print(f"  of which decoding alone:  {args.n / float(np.median(decode)):7.1f} images/s   (no pinned copy)")
+        print(f"  decoding alone (direct):  {args.n / float(np.median(decode)):7.1f} images/s   "
+              f"(through Zarr: {args.n / float(np.median(decode_zarr)):.1f})")
         if gpu:
             fp32 = []
             for _ in range(args.repeats):

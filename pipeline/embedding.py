@@ -31,23 +31,93 @@ def choose_device(device: str = "auto") -> torch.device:
     return dev
 
 
+class DirectChunks:
+    """Decode whole chunks of the chip store in the calling thread: read the chunk's file and
+    Blosc-decompress it straight into the caller's buffer.
+
+    Zarr's own reads pass through one event loop, which serialises reader threads (on a 16-core GPU
+    machine, 8 threads decoded only 3x faster than one). This path applies only to the layout the tile
+    stage writes (Zarr v3 on a local filesystem, codecs ``bytes`` (little-endian) + ``blosc``, float32,
+    no sharding, chunks that split locations only); :meth:`create` returns None for anything else, and a
+    chunk that was never written (fill value) falls back to Zarr.
+    """
+
+    def __init__(self, root: str, metadata, chunk_shape: tuple[int, ...]):
+        self.root = root
+        self.metadata = metadata
+        self.chunk_shape = chunk_shape
+
+    @classmethod
+    def create(cls, chips) -> "DirectChunks | None":
+        md = getattr(chips, "metadata", None)
+        if md is None or getattr(md, "zarr_format", None) != 3:
+            return None
+        try:
+            import numcodecs.blosc  # noqa: F401
+            from zarr.codecs import BloscCodec, BytesCodec
+            from zarr.storage import LocalStore
+        except ImportError:
+            return None
+        codecs = tuple(getattr(md, "codecs", ()))
+        if (not isinstance(chips.store, LocalStore) or len(codecs) != 2 or not isinstance(codecs[0], BytesCodec)
+                or not isinstance(codecs[1], BloscCodec) or np.dtype(chips.dtype) != np.float32
+                or getattr(codecs[0].endian, "value", "little") != "little"
+                or tuple(chips.chunks[1:]) != tuple(chips.shape[1:])):
+            return None
+        return cls(str(Path(chips.store.root) / chips.path), md, tuple(int(c) for c in chips.chunks))
+
+    def read_into(self, i: int, out: np.ndarray) -> bool:
+        """Decode chunk ``i`` into ``out`` (C-contiguous float32 of the chunk's shape); False when the
+        chunk has no file (never written) or does not decode to that size."""
+        import numcodecs.blosc
+
+        key = self.metadata.encode_chunk_key((i,) + (0,) * (len(self.chunk_shape) - 1))
+        try:
+            with open(os.path.join(self.root, key), "rb") as fh:
+                raw = fh.read()
+        except FileNotFoundError:
+            return False
+        try:
+            numcodecs.blosc.decompress(raw, out)
+        except (RuntimeError, ValueError):
+            return False
+        return True
+
+
 class ChipBatches(torch.utils.data.Dataset):
     """Blocks of chips read from an array-like store (NumPy or Zarr).
 
     Item i holds rows [i*r, (i+1)*r) with r the store's chunk length along locations (at least the batch
-    size), so that every compressed chunk is decoded exactly once.
+    size), so that every compressed chunk is decoded exactly once. When a block is exactly one chunk of
+    the tile stage's store, it is decoded by :class:`DirectChunks` (``direct=False`` forces Zarr reads).
     """
 
-    def __init__(self, chips, batch_size: int):
+    def __init__(self, chips, batch_size: int, direct: bool = True):
         self.chips = chips
         chunk = getattr(chips, "chunks", None)
         rows = int(chunk[0]) if chunk else batch_size
         self.rows = max(batch_size, rows - rows % batch_size if rows >= batch_size else rows)
+        self.direct = DirectChunks.create(chips) if direct and chunk and self.rows == int(chunk[0]) else None
 
     def __len__(self) -> int:
         return (self.chips.shape[0] + self.rows - 1) // self.rows
 
+    def block_rows(self, i: int) -> int:
+        return min(self.rows, self.chips.shape[0] - i * self.rows)
+
+    def read_into(self, i: int, out: np.ndarray) -> np.ndarray:
+        """Block i decoded into ``out`` (float32, at least ``rows`` long); returns the filled view."""
+        n = self.block_rows(i)
+        if self.direct is not None and self.direct.read_into(i, out[: self.rows]):
+            return out[:n]
+        s = i * self.rows
+        np.copyto(out[:n], np.asarray(self.chips[s: s + n]), casting="same_kind")
+        return out[:n]
+
     def __getitem__(self, i: int) -> torch.Tensor:
+        if self.direct is not None:
+            out = np.empty((self.rows,) + tuple(self.chips.shape[1:]), dtype=np.float32)
+            return torch.from_numpy(self.read_into(i, out))
         s = i * self.rows
         return torch.from_numpy(np.ascontiguousarray(self.chips[s: s + self.rows], dtype=np.float32))
 
@@ -96,16 +166,18 @@ def default_read_threads() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def iter_blocks(chips, batch_size: int, pin: bool = False, num_workers: int = 0, read_threads: int = 0):
+def iter_blocks(chips, batch_size: int, pin: bool = False, num_workers: int = 0, read_threads: int = 0,
+                direct: bool = True):
     """Chunk-aligned blocks of ``chips`` as float32 tensors, in order, read ahead by ``read_threads``
     threads (0: :func:`default_read_threads`) or, with ``num_workers`` > 0, by DataLoader processes.
 
-    With ``pin`` (for asynchronous copies to a GPU) the reader threads copy each block into one of a ring of
-    pinned buffers allocated once (allocating pinned memory per block is slow and serialised by the
+    With ``pin`` (for asynchronous copies to a GPU) the reader threads decode each block into one of a ring
+    of pinned buffers allocated once (allocating pinned memory per block is slow and serialised by the
     driver). A block's buffer is reused once the next block is requested: finish the work that reads it
-    (synchronise the device) before asking for the next one.
+    (synchronise the device) before asking for the next one. ``direct`` (default) decodes the tile stage's
+    chunks without Zarr's event loop (:class:`DirectChunks`).
     """
-    dataset = ChipBatches(chips, batch_size)
+    dataset = ChipBatches(chips, batch_size, direct=direct)
     if num_workers:
         yield from torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers,
                                                pin_memory=pin, prefetch_factor=2, persistent_workers=False)
@@ -124,11 +196,9 @@ def iter_blocks(chips, batch_size: int, pin: bool = False, num_workers: int = 0,
             free.put(buf.pin_memory() if torch.cuda.is_available() else buf)
 
     def read(i: int):
-        s = i * dataset.rows
-        block = np.asarray(dataset.chips[s: s + dataset.rows])
         buf = free.get()
-        np.copyto(buf.numpy()[: len(block)], block, casting="same_kind")
-        return buf[: len(block)], buf
+        n = len(dataset.read_into(i, buf.numpy()))
+        return buf[:n], buf
 
     held = None
     for view, buf in _ordered_prefetch(read, len(dataset), threads, depth):

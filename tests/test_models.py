@@ -140,3 +140,35 @@ def test_iter_blocks_pinned_ring_matches_plain_reads():
         np.testing.assert_array_equal(torch.cat(got).numpy(), chips)
         plain = torch.cat(list(iter_blocks(z, 16, pin=False, read_threads=threads))).numpy()
         np.testing.assert_array_equal(plain, chips)
+
+
+def test_direct_chunk_decoding_equals_zarr_reads(tmp_path):
+    """The reader that bypasses Zarr's event loop returns exactly Zarr's values: full and partial last
+    chunks, a chunk never written (fill value, falls back to Zarr), pinned and plain blocks; other
+    layouts are left to Zarr."""
+    import zarr
+
+    from pipeline.artifacts import chip_codec
+    from pipeline.embedding import ChipBatches, DirectChunks, iter_blocks
+
+    rng = np.random.default_rng(1)
+    chips = rng.uniform(0, 0.4, (100, 3, 8, 8)).astype(np.float32)
+    group = zarr.open_group(str(tmp_path / "chips.zarr"), mode="w")
+    z = group.create_array("s", shape=chips.shape, chunks=(16, 3, 8, 8), dtype="float32",
+                           compressors=chip_codec(), fill_value=np.nan)
+    z[:48] = chips[:48]
+    z[64:] = chips[64:]  # rows 48..63 (chunk 3) never written: NaN fill
+    z = zarr.open_group(str(tmp_path / "chips.zarr"), mode="r")["s"]
+    expected = z[:]
+    assert np.isnan(expected[48:64]).all()
+    ds = ChipBatches(z, 16)
+    assert isinstance(ds.direct, DirectChunks)
+    assert not ds.direct.read_into(3, np.empty((16, 3, 8, 8), np.float32))
+    for pin in (False, True):
+        got = torch.cat([b.clone() for b in iter_blocks(z, 16, pin=pin, read_threads=3)]).numpy()
+        np.testing.assert_array_equal(got, expected)
+    # blocks that are not single chunks, an uncompressed array and NumPy input use Zarr/NumPy reads
+    assert ChipBatches(z, 32).direct is None
+    plain = group.create_array("p", shape=chips.shape, chunks=(16, 3, 8, 8), dtype="float32", compressors=None)
+    assert ChipBatches(plain, 16).direct is None and ChipBatches(chips, 16).direct is None
+    np.testing.assert_array_equal(torch.cat(list(iter_blocks(z, 32, read_threads=2))).numpy(), expected)
