@@ -34,6 +34,7 @@ from sklearn.linear_model import LogisticRegression
 from .errors import EstimationError
 
 OVERLAP_WARN = 0.05
+AUTO_MIN_CLUSTERS = 8  # linear_correction auto: fewer training clusters than this keep the forest alone
 
 
 class KnownPropensity(ClassifierMixin, BaseEstimator):
@@ -240,10 +241,14 @@ def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups:
     groups = np.asarray(groups)
     k = min(cv, len(np.unique(groups)))
     loss = np.zeros(len(alphas))
-    for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
-        for j, alpha in enumerate(alphas):
-            coef, _ = _ridge_solve(D[a_idx], y_res[a_idx], alpha)
-            loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ coef) ** 2)
+    if k < 2:  # one cluster: nothing to cross-validate on, take the strongest penalty
+        loss[:-1] = np.inf
+        alphas = np.sort(alphas)
+    else:
+        for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
+            for j, alpha in enumerate(alphas):
+                coef, _ = _ridge_solve(D[a_idx], y_res[a_idx], alpha)
+                loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ coef) ** 2)
     alpha = float(alphas[int(np.argmin(loss))])
     coef, inv = _ridge_solve(D, y_res, alpha)
     resid = y_res - D @ coef
@@ -294,8 +299,11 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
     ``correction``: ``none`` (the causal forest alone), ``ridge`` (a linear CATE index from
     :func:`fit_linear_cate`, then the forest on the heterogeneity it leaves: ``y_res - w_res * index``) or
     ``auto`` (the one of the two with the lower R-loss on held-out clusters: two inner folds of the
-    training rows, grouped by cluster; the outer test fold is never used).
+    training rows, grouped by cluster; the outer test fold is never used; with fewer than
+    ``AUTO_MIN_CLUSTERS`` training clusters, the forest alone).
     """
+    if correction == "auto" and len(np.unique(groups)) < AUTO_MIN_CLUSTERS:
+        correction = "none"  # too few clusters to compare the two on held-out halves
     if correction == "auto":
         from sklearn.model_selection import GroupKFold
 

@@ -267,3 +267,19 @@ def test_auto_correction_follows_the_held_out_r_loss():
     _, mse_auto, chosen = _coverage(step, "auto", 11)
     _, mse_ridge, _ = _coverage(step, "ridge", 11)
     assert "none" in chosen.values() and mse_auto <= mse_ridge
+
+
+def test_linear_correction_with_few_clusters():
+    """Few clusters: auto keeps the forest alone; ridge still runs (one cluster: strongest penalty)."""
+    from pipeline.cate import fit_linear_cate
+
+    X, Y, W, clusters = _rct(n_clusters=12, per=6, seed=9)
+    folds = make_folds(clusters, 2, seed=0)
+    cfg = CateConfig(folds=2, n_estimators=24, nuisance_trees=10, n_jobs=1, linear_correction="auto")
+    r = crossfit_cate(X, Y, W, clusters, folds, cfg, 1)
+    assert set(r.corrections.values()) == {"none"} and np.isfinite(r.tau_hat).all()
+    r = crossfit_cate(X, Y, W, clusters, folds, CateConfig(folds=2, n_estimators=24, nuisance_trees=10,
+                                                          n_jobs=1, linear_correction="ridge"), 1)
+    assert np.isfinite(r.tau_hat).all() and np.all(r.lower <= r.upper)
+    Xs, w, y, g = _residualised(n_clusters=1, per=30, seed=4)
+    assert fit_linear_cate(Xs, w, y, g).alpha == 1e5
