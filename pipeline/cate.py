@@ -237,13 +237,12 @@ def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups:
     scale = X.std(axis=0)
     scale[scale == 0] = 1.0
     D = w_res[:, None] * np.column_stack([np.ones(len(X)), (X - mean) / scale])
-    alphas = np.logspace(-2, 5, 29) if alphas is None else np.asarray(alphas, dtype=float)
+    alphas = np.sort(np.logspace(-2, 5, 29) if alphas is None else np.asarray(alphas, dtype=float))
     groups = np.asarray(groups)
     k = min(cv, len(np.unique(groups)))
     loss = np.zeros(len(alphas))
     if k < 2:  # one cluster: nothing to cross-validate on, take the strongest penalty
         loss[:-1] = np.inf
-        alphas = np.sort(alphas)
     else:
         for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
             for j, alpha in enumerate(alphas):
