@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from models import create_encoder
-from pipeline.artifacts import chip_codec
-from pipeline.embedding import choose_device, embed_chips, iter_blocks, prepare_encoder
+from pipeline.core.artifacts import chip_codec
+from pipeline.imagery.embedding import choose_device, embed_chips, iter_blocks, prepare_encoder
 
 
 CODECS = {"none": lambda: None, "store": chip_codec}

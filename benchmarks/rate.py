@@ -1,6 +1,6 @@
 """RATE speed: n units, B half-sample bootstrap replicates over K clusters.
 
-Prints the wall time of ``pipeline.rate.rate`` (after one warm-up call that compiles the kernel) and of a
+Prints the wall time of ``pipeline.estimate.rate.rate`` (after one warm-up call that compiles the kernel) and of a
 plain per-replicate loop that, like grf's ``estimate_rate``, gathers each half sample and re-sorts it,
 with the ratio of the two, measured in the same process. Not run by the test suite.
 
@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from pipeline.rate import _toc_stat, half_sample_draws, rate
+from pipeline.estimate.rate import _toc_stat, half_sample_draws, rate
 
 
 def plain_loop(dr, prio, clusters, n_boot, seed, q):
@@ -57,7 +57,7 @@ def main() -> None:
     loop = time.perf_counter() - t0
     best = min(ours)
     print(f"n={args.n} boot={args.boot} clusters={args.clusters}")
-    print(f"pipeline.rate.rate      : {best:.3f} s (median {np.median(ours):.3f} s; first call incl. "
+    print(f"pipeline.estimate.rate.rate      : {best:.3f} s (median {np.median(ours):.3f} s; first call incl. "
           f"compilation {first:.2f} s)  SE {res.std_err:.6g}")
     print(f"plain re-sorting loop   : {loop:.3f} s  SE {se_loop:.6g}")
     print(f"speed-up vs plain loop  : {loop / best:.1f}x")

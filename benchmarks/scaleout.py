@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 
-from pipeline.config import EmbedConfig, ScaleConfig, TileConfig
-from pipeline.embedding import embed_study
-from pipeline.imagery import SceneCatalog
-from pipeline.tiling import tile_to_store
+from pipeline.core.config import EmbedConfig, ScaleConfig, TileConfig
+from pipeline.procedures.embed import embed_study
+from pipeline.imagery.scenes import SceneCatalog
+from pipeline.imagery.tiling import tile_to_store
 
 SCALES = [ScaleConfig("s480m", 480.0, 8), ScaleConfig("s960m", 960.0, 16), ScaleConfig("s1920m", 1920.0, 16),
           ScaleConfig("s3840m", 3840.0, 16)]

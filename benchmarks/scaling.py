@@ -13,8 +13,8 @@ from __future__ import annotations
 import argparse
 import tempfile
 
-from pipeline.config import ScalingConfig
-from pipeline.scaling_study import run_scaling_study
+from pipeline.core.config import ScalingConfig
+from pipeline.procedures.scaling import run_scaling_study
 
 
 def main() -> None:

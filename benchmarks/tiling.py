@@ -4,7 +4,7 @@
                rasterio's resampling (boundless), close it;
 2. torchgeo  — torchgeo's ``RasterDataset`` queried at the same bounds (native-resolution patches, not
                even resized to the output size: a lower bound on its cost);
-3. ours      — :func:`pipeline.tiling.tile_locations` (blocks read once, batched resampling);
+3. ours      — :func:`pipeline.imagery.tiling.tile_locations` (blocks read once, batched resampling);
 4. read-once — only the reads of our blocks, no chipping: the cost of reading the needed pixels once.
 
 Slow methods run on a subset of locations and are reported per chip. Peak memory of our engine on a large
@@ -31,9 +31,9 @@ from pyproj import Transformer
 from rasterio.enums import Resampling
 from rasterio.windows import Window, from_bounds
 
-from pipeline.config import ScaleConfig
-from pipeline.imagery import SceneCatalog, SceneReader
-from pipeline.tiling import block_region, jitter_offsets, plan_jobs, tile_locations
+from pipeline.core.config import ScaleConfig
+from pipeline.imagery.scenes import SceneCatalog, SceneReader
+from pipeline.imagery.tiling import block_region, jitter_offsets, plan_jobs, tile_locations
 
 SCALES = [ScaleConfig("s480m", 480.0, 16), ScaleConfig("s960m", 960.0, 32), ScaleConfig("s1920m", 1920.0, 32),
           ScaleConfig("s3840m", 3840.0, 32)]

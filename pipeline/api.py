@@ -24,17 +24,17 @@ library functions with ``folder/out`` as the output folder, exactly as ``dvc rep
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import geopandas as gpd
-import pandas as pd
 import yaml
 
-from .config import Config, config_from_dict, load_config
+from .core.config import Config, config_from_dict, load_config
+from .core.layout import StudyLayout, study_stages
+from .core.layout import StudyResult as _StudyResult
+from .core.layout import load_result as _load_result
 
 
 def load_units(path: str | os.PathLike, *, unit_id: str, location_id: str, treatment: str, outcome: str = "",
@@ -46,7 +46,7 @@ def load_units(path: str | os.PathLike, *, unit_id: str, location_id: str, treat
     Returns the units in the pipeline's schema (``unit_id``, ``location_id``, ``cluster_id``, ``W``, ``Y``,
     ``x_*`` covariates, point geometry) and a report of what was recoded, imputed or dropped.
     """
-    from .sites import load_study_units
+    from .core.units import load_study_units
 
     path = Path(path).resolve()
     cfg = config_from_dict({"data": {
@@ -60,27 +60,28 @@ def load_units(path: str | os.PathLike, *, unit_id: str, location_id: str, treat
     return load_study_units(cfg, path.parent)
 
 
-@dataclass
-class StudyResult:
+class StudyResult(_StudyResult):
     """What a study produced: metrics, the RATE table, TOC curves and per-unit CATEs."""
-
-    out: Path
-    metrics: dict
-    rate_table: pd.DataFrame
-    toc: pd.DataFrame
-    cate: gpd.GeoDataFrame
 
     def report(self, path: str | os.PathLike, title: str = "Study report") -> Path:
         """Write a self-contained HTML report (and a Markdown summary beside it); return the HTML path."""
-        from .report import write_report
+        from .report.document import write_report
 
         return write_report(self.out, path, title=title)
 
 
-class Study:
-    """A study folder (``params.yaml`` + ``out/``) driven from Python; see the module docstring."""
+def load_result(out: str | os.PathLike) -> StudyResult:
+    """A :class:`StudyResult` from a study's output folder (run through this API, the CLI or ``dvc repro``)."""
+    return _load_result(out, cls=StudyResult)
 
-    STAGES = ("prepare", "tile", "embed", "features", "cate", "evaluate")
+
+class Study:
+    """A study folder (``params.yaml`` + ``out/``) driven from Python; see the module docstring.
+
+    Its stages are those of :data:`pipeline.core.layout.STAGES` for the study's kind (``prepare`` for the
+    simulation, ``ingest`` for a real study, then tile, embed, features, cate, evaluate), each one call of
+    the same procedure that its DVC stage runs.
+    """
 
     def __init__(self, folder: str | os.PathLike, params: Mapping[str, Any] | None = None):
         self.folder = Path(folder)
@@ -93,92 +94,68 @@ class Study:
         else:
             self.config = load_config(self.params_path)
         self.out = self.folder / "out"
+        self.layout = StudyLayout(self.out)
 
     @property
     def is_simulation(self) -> bool:
         return not self.config.data.units
 
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The names of this study's stages, in order."""
+        return tuple(s.name for s in study_stages("simulation" if self.is_simulation else "real"))
+
     def prepare(self) -> None:
         """Simulate (no ``data.units``) or ingest the units file."""
-        from .artifacts import write_json
-        from .simulate import prepare_simulation
-        from .sites import load_study_units, write_units
+        from .procedures.prepare import ingest, prepare
 
         if self.is_simulation:
-            prepare_simulation(self.config.simulate, self.config.seed, self.out / "prepare", self.out / "truth.parquet")
+            prepare(self.config, self.out)
         else:
-            units, report = load_study_units(self.config.data, self.folder.resolve())
-            write_units(units, self.out / "prepare" / "units.parquet")
-            write_json(self.out / "prepare" / "ingest.json", report)
+            ingest(self.config, self.out, self.folder.resolve())
+
+    ingest = prepare
 
     def scene_paths(self) -> list[str]:
-        from .imagery import resolve_scene_paths
-        from .sites import resolve_data_root
+        """The study's scene files."""
+        from .procedures.tile import study_scenes
 
-        if self.config.data.scenes:
-            root = resolve_data_root(self.config.data, self.folder.resolve())
-            return resolve_scene_paths(self.config.data.scenes, base=root)
-        return resolve_scene_paths(["*.tif"], base=self.out / "prepare" / "scenes")
+        return study_scenes(self.config, self.out, self.folder.resolve())
 
     def tile(self) -> None:
-        from .tiling import tile_study
+        from .procedures import tile
 
-        from .compute import dask_client
-
-        with dask_client(self.config.compute) as client:
-            tile_study(self.out / "prepare" / "units.parquet", self.scene_paths(), self.config.tile,
-                       self.out / "tile", client=client)
+        tile.run(self.config, self.out, self.folder.resolve())
 
     def embed(self) -> None:
-        from .embedding import embed_study
+        from .procedures import embed
 
-        from .compute import dask_client
-
-        with dask_client(self.config.compute) as client:
-            embed_study(self.out / "tile", self.config.embed, self.config.seed, self.out / "embed", client=client)
+        embed.run(self.config, self.out)
 
     def features(self) -> None:
-        from .concat import build_features
+        from .procedures import features
 
-        build_features(self.out / "prepare" / "units.parquet", self.out / "tile", self.out / "embed",
-                       self.config.features, self.out / "features")
+        features.run(self.config, self.out)
 
     def cate(self) -> None:
-        from .cate import run_cate
+        from .procedures import cate
 
-        run_cate(self.out / "prepare" / "units.parquet", self.out / "features", self.config.cate, self.config.seed,
-                 self.out / "cate")
+        cate.run(self.config, self.out)
 
     def evaluate(self) -> dict:
-        from .evaluate import evaluate_study
+        from .procedures import evaluate
 
-        truth = self.out / "truth.parquet"
-        return evaluate_study(self.out / "cate", self.config.evaluate, self.config.seed, self.out / "evaluate",
-                              truth if truth.exists() else None)
+        return evaluate.run(self.config, self.out)
 
     def run(self) -> StudyResult:
         """Run every stage in order and return the result."""
-        for stage in self.STAGES:
+        for stage in self.stages:
             getattr(self, stage)()
         return self.result()
 
     def result(self) -> StudyResult:
         """Load the outputs of a study that has run (through this API or ``dvc repro``)."""
         return load_result(self.out)
-
-
-def load_result(out: str | os.PathLike) -> StudyResult:
-    """A :class:`StudyResult` from a study's output folder."""
-    out = Path(out)
-    metrics = json.loads((out / "evaluate" / "metrics.json").read_text())
-    rate_table = pd.read_csv(out / "evaluate" / "rate_table.csv")
-    toc = pd.read_csv(out / "evaluate" / "toc.csv")
-    units = gpd.read_parquet(out / "prepare" / "units.parquet")
-    cate = pd.read_parquet(out / "cate" / "cate.parquet")
-    merged = units[["unit_id", "location_id", "cluster_id", "W", "Y", "geometry"]].merge(
-        cate[["set", "unit_id", "fold", "tau_hat", "lower", "upper"]], on="unit_id")
-    return StudyResult(out=out, metrics=metrics, rate_table=rate_table, toc=toc,
-                       cate=gpd.GeoDataFrame(merged, geometry="geometry", crs=units.crs))
 
 
 def _plain(obj):

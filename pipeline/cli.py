@@ -3,7 +3,8 @@
     mscate init STUDY_DIR --units FILE --scenes GLOB... --unit-id COL --location-id COL --treatment COL
                           --outcome COL [--lon COL --lat COL --cluster-id COL --covariates A,B ...]
     mscate run [STUDY_DIR]                 every stage, in order (same functions as dvc repro)
-    mscate STAGE [--params P --out O]      one stage: prepare, ingest, tile, embed, features, cate, evaluate, scaling
+    mscate STAGE [--params P --out O]      one stage: prepare, ingest, tile, embed, features, cate, evaluate,
+                                           scaling, extrapolate
     mscate report [STUDY_DIR] [--html F]   self-contained HTML report + Markdown summary
 
 Bad input exits with status 2 and one line naming the input; ``--debug`` shows the traceback.
@@ -18,145 +19,55 @@ import sys
 import textwrap
 from pathlib import Path
 
-from .errors import PipelineError
+from .core.errors import PipelineError
+from .core.layout import STAGE_MODULES, StudyLayout, dvc_yaml
 from .stages._common import guarded
 
-STAGES = ("prepare", "ingest", "tile", "embed", "features", "cate", "evaluate", "scaling")
+INIT_SECTIONS = ("seed", "data", "tile", "embed", "features", "cate", "evaluate", "compute")
+"""The params sections of a study made by ``mscate init`` (a real study: no simulation, no scaling)."""
 
-PARAMS_TEMPLATE = """\
-# Study created by `mscate init`. Run with `dvc repro` in this folder (or `mscate run`).
-# Every key is documented in the project README ("Params"); unknown keys are errors.
-seed: 0
+INIT_CATE = {"propensity": "share"}
+"""init's one departure from the schema's defaults: the tool cannot know a new trial's design probability,
+so the DR scores use the out-of-fold treated share (set the known probability in params.yaml when there is
+one)."""
 
-data:
-  source: "{source}"
-  root: {root}                      # folder of the units file (relative to this file, or absolute)
-  root_env: ""                      # optional environment variable overriding root
-  units: {units}
-  scenes: {scenes}                  # rasters: files or globs, relative to root
-  columns: {{unit_id: {unit_id}, location_id: {location_id}, cluster_id: {cluster_id}, W: {treatment},
-            Y: {outcome}, lon: {lon}, lat: {lat}}}
-  covariates: {covariates}          # pre-treatment only
-  post_treatment: {post_treatment}  # columns that must never be covariates
-  treated_codes: {treated_codes}    # when treatment is coded as text
-  control_codes: {control_codes}
-  missing_outcome: error            # or drop (counted in out/prepare/ingest.json)
-  missing_covariates: error         # or impute (median + indicator)
-
-tile:
-  resampling: average               # exact area average; or nearest
-  radiometry: {radiometry}          # auto (file scale/offset, Landsat C2 L2), none, l2, or a DN multiplier
-  bands: []                         # band names to keep (empty = all)
-  jitter_m: []                      # [min, max] metres of seeded location jitter
-  jitter_seed: 0
-  block_px: 1024
-  workers: 1
-  on_outside: error                 # or drop
-  scales:                           # window size in metres, output size in pixels
-{scales}
-
-embed:
-  encoders: [spectral]              # see configs/encoders/ (vit_tiny, resnet_tiny, regnet_tiny, ...)
-  batch_size: 64
-  device: auto                      # cuda when available
-  num_workers: 0                    # DataLoader processes (0: reader threads instead)
-  read_threads: 0                   # threads reading chips ahead of the encoder (0: one per core, <= 8)
-
-features:
-  encoders: [spectral]
-  scale_sets: [singles, all]        # also: pairs, or explicit "a+b"
-  covariates: true
-  standardize: false
-  pca: 0
-
-cate:
-  learner: causal_forest            # or dr_forest
-  folds: 5
-  n_estimators: 200                 # multiple of 4
-  min_samples_leaf: 5
-  max_samples: 0.45
-  nuisance_trees: 100
-  propensity: share                 # known assignment probability, share, or estimate
-  dr_reference: all
-  n_jobs: -1
-  shared_nuisance: false            # true: nuisances fitted once and reused by every scale set
-  linear_correction: none           # ridge: a linear CATE index before the forest; auto: per fold
-
-evaluate:
-  targets: [AUTOC, QINI]
-  n_boot: 200
-  q_grid: 20
-  reference_set: all
-
-compute:
-  scheduler: synchronous            # or local (a Dask LocalCluster) or tcp://host:8786
-  workers: 2
-"""
-
-DVC_TEMPLATE = """\
-# Created by `mscate init`: the study's stages. Run `dvc repro` in this folder.
-stages:
-  ingest:
-    cmd: python -m pipeline.stages.ingest --params params.yaml --out out
-    params: [data]
-    outs: [out/prepare/units.parquet, out/prepare/ingest.json]
-  tile:
-    cmd: python -m pipeline.stages.tile --params params.yaml --out out
-    deps: [out/prepare/units.parquet]
-    params: [data, tile, compute]
-    outs:
-      - out/tile:
-          persist: true
-  embed:
-    cmd: python -m pipeline.stages.embed --params params.yaml --out out
-    deps: [out/tile]
-    params: [seed, embed, compute]
-    outs: [out/embed]
-  features:
-    cmd: python -m pipeline.stages.features --params params.yaml --out out
-    deps: [out/prepare/units.parquet, out/tile, out/embed]
-    params: [features]
-    outs: [out/features]
-  cate:
-    cmd: python -m pipeline.stages.cate --params params.yaml --out out
-    deps: [out/prepare/units.parquet, out/features]
-    params: [seed, cate]
-    outs: [out/cate]
-  evaluate:
-    cmd: python -m pipeline.stages.evaluate --params params.yaml --out out
-    deps: [out/cate]
-    params: [seed, evaluate]
-    metrics:
-      - out/evaluate/metrics.json:
-          cache: false
-    plots:
-      - out/evaluate/toc.csv:
-          cache: false
-          x: q
-          y: estimate
-    outs:
-      - out/evaluate/rate_table.csv:
-          cache: false
-      - out/evaluate/toc.png:
-          cache: false
-"""
+# init's column flags: flag -> (data.columns key, required); help and defaults come from the schema
+COLUMN_FLAGS = {"--unit-id": ("unit_id", True), "--location-id": ("location_id", True),
+                "--cluster-id": ("cluster_id", False), "--treatment": ("W", True), "--outcome": ("Y", True),
+                "--lon": ("lon", False), "--lat": ("lat", False)}
+# init's list flags (comma-separated) -> data key
+LIST_FLAGS = {"--covariates": "covariates", "--post-treatment": "post_treatment",
+              "--treated-codes": "treated_codes", "--control-codes": "control_codes"}
 
 
-def _flow(items) -> str:
-    return "[" + ", ".join(str(i) for i in items) + "]"
+def _doc(cls, name: str) -> str:
+    import dataclasses
+
+    return next(f.metadata.get("doc", "") for f in dataclasses.fields(cls) if f.name == name)
 
 
-def cmd_init(args) -> None:
-    from .config import config_from_dict
-    from .sites import load_study_units
+def _default(cls, name: str):
+    import dataclasses
 
-    folder = Path(args.study_dir)
-    if (folder / "params.yaml").exists() and not args.force:
-        raise PipelineError(str(folder / "params.yaml"), "a new study folder", "an existing params.yaml",
-                            "choose another folder or pass --force to overwrite")
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _scale_list(spec: str) -> list[dict]:
+    scales = []
+    for item in spec.split(","):
+        try:
+            size, px = item.split(":")
+            scales.append({"name": f"s{int(float(size))}m", "size_m": float(size), "px": int(px)})
+        except ValueError:
+            raise PipelineError("--scales", "size_m:px pairs separated by commas (e.g. 480:16,1920:32)",
+                                repr(item), "write each scale as metres:pixels") from None
+    return scales
+
+
+def init_params(args) -> dict:
+    """The params mapping of a new study from ``mscate init``'s arguments (everything else: the schema's
+    defaults)."""
     units = Path(args.units).resolve()
-    if not units.is_file():
-        raise PipelineError(str(args.units), "an existing units file", "no such file", "check the path")
     root = units.parent
     scenes = []
     for pat in args.scenes:
@@ -166,33 +77,51 @@ def cmd_init(args) -> None:
             scenes.append(str(absolute.resolve().relative_to(root)))
         except ValueError:
             scenes.append(str(absolute.resolve()))
-    scales = []
-    for spec in args.scales.split(","):
-        size, px = spec.split(":")
-        scales.append(f"    - {{name: s{int(float(size))}m, size_m: {float(size)}, px: {int(px)}}}")
-    text = PARAMS_TEMPLATE.format(
-        source=f"units file {units.name} and its scenes", root=str(root), units=units.name,
-        scenes=_flow(scenes), unit_id=args.unit_id, location_id=args.location_id,
-        cluster_id=args.cluster_id or args.location_id, treatment=args.treatment, outcome=args.outcome,
-        lon=args.lon, lat=args.lat, covariates=_flow(_split(args.covariates)),
-        post_treatment=_flow(_split(args.post_treatment)), treated_codes=_flow(_split(args.treated_codes)),
-        control_codes=_flow(_split(args.control_codes)), radiometry=args.radiometry, scales="\n".join(scales))
-    import yaml
+    columns = {key: getattr(args, flag[2:].replace("-", "_")) for flag, (key, _) in COLUMN_FLAGS.items()}
+    columns["cluster_id"] = columns["cluster_id"] or columns["location_id"]
+    data = {"source": f"units file {units.name} and its scenes", "root": str(root), "units": units.name,
+            "scenes": scenes, "columns": columns,
+            **{key: _split(getattr(args, flag[2:].replace("-", "_"))) for flag, key in LIST_FLAGS.items()}}
+    radiometry = args.radiometry
+    try:
+        radiometry = float(radiometry)
+    except ValueError:
+        pass
+    return {"data": data, "tile": {"radiometry": radiometry, "scales": _scale_list(args.scales)},
+            "cate": dict(INIT_CATE)}
 
-    data = yaml.safe_load(text)
-    cfg = config_from_dict(data, source="params")  # validate before writing anything
+
+def cmd_init(args) -> None:
+    from .core.config import render_params
+    from .core.units import load_study_units
+
+    folder = Path(args.study_dir)
+    if (folder / "params.yaml").exists() and not args.force:
+        raise PipelineError(str(folder / "params.yaml"), "a new study folder", "an existing params.yaml",
+                            "choose another folder or pass --force to overwrite")
+    units = Path(args.units).resolve()
+    if not units.is_file():
+        raise PipelineError(str(args.units), "an existing units file", "no such file", "check the path")
+    params = init_params(args)
+    text = render_params(params, INIT_SECTIONS, header=(
+        "Study created by `mscate init`. Run with `dvc repro` in this folder (or `mscate run`).\n"
+        "Every key is documented in the project README (\"Params\"); unknown keys are errors."))
+    from .core.config import config_from_dict
+
+    cfg = config_from_dict(params, source="params")
     load_study_units(cfg.data, folder.resolve() if folder.exists() else Path.cwd())  # check the columns now
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(text)
-    (folder / "dvc.yaml").write_text(DVC_TEMPLATE)
+    (folder / "dvc.yaml").write_text(dvc_yaml("real", code_root=None, header=(
+        "Created by `mscate init`: the study's stages. Run `dvc repro` in this folder.")))
     (folder / "study.yaml").write_text(textwrap.dedent(f"""\
         # Study description (informational; params.yaml drives the stages).
         name: {folder.name}
         units: {units}
-        scenes: {_flow(scenes)}
+        scenes: [{", ".join(params["data"]["scenes"])}]
         created_by: mscate init
         """))
-    (folder / ".gitignore").write_text("/out/\n")
+    (folder / ".gitignore").write_text(f"/{StudyLayout('out').out.name}/\n")
     if not _inside_dvc_repo(folder.resolve()):
         from dvc.repo import Repo
 
@@ -221,7 +150,7 @@ def cmd_run(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import write_report
+    from .report.document import write_report
 
     folder = Path(args.study_dir)
     out = folder / args.out
@@ -230,6 +159,8 @@ def cmd_report(args) -> None:
 
 
 def main(argv=None) -> int:
+    from .core.config import ColumnsConfig, DataConfig, TileConfig
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mscate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,20 +168,16 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="scaffold a study folder from a units file and scenes")
     p.add_argument("study_dir")
-    p.add_argument("--units", required=True, help="units table: CSV with lon/lat, GeoPackage, GeoParquet, Stata")
+    p.add_argument("--units", required=True, help=_doc(DataConfig, "units"))
     p.add_argument("--scenes", required=True, nargs="+", help="raster files or globs")
-    p.add_argument("--unit-id", required=True)
-    p.add_argument("--location-id", required=True)
-    p.add_argument("--cluster-id", help="unit of randomization (default: the location)")
-    p.add_argument("--treatment", required=True)
-    p.add_argument("--outcome", required=True)
-    p.add_argument("--lon", default="lon")
-    p.add_argument("--lat", default="lat")
-    p.add_argument("--covariates", help="comma-separated pre-treatment columns")
-    p.add_argument("--post-treatment", help="comma-separated columns that must never be covariates")
-    p.add_argument("--treated-codes", help="comma-separated text codes of treated units")
-    p.add_argument("--control-codes", help="comma-separated text codes of control units")
-    p.add_argument("--radiometry", default="auto", help="auto, none, l2 or a DN multiplier")
+    for flag, (key, required) in COLUMN_FLAGS.items():
+        default = None if required or key == "cluster_id" else _default(ColumnsConfig, key)
+        extra = " (default: the location)" if key == "cluster_id" else (f" (default: {default})" if default else "")
+        p.add_argument(flag, required=required, default=default,
+                       help=f"column: {_doc(ColumnsConfig, key)}{extra}")
+    for flag, key in LIST_FLAGS.items():
+        p.add_argument(flag, help=f"comma-separated columns: {_doc(DataConfig, key) or 'as for ' + flag}")
+    p.add_argument("--radiometry", default=_default(TileConfig, "radiometry"), help=_doc(TileConfig, "radiometry"))
     p.add_argument("--scales", default="480:16,960:32,1920:32,3840:32", help="size_m:px,... (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing study")
     p.set_defaults(func=cmd_init)
@@ -263,12 +190,12 @@ def main(argv=None) -> int:
     p.add_argument("--html", help="report path (default: STUDY_DIR/report.html)")
     p.add_argument("--title")
     p.set_defaults(func=cmd_report)
-    for name in STAGES:
+    for name in STAGE_MODULES:
         p = sub.add_parser(name, help=f"run the {name} stage (same as python -m pipeline.stages.{name})",
                            add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=None, stage=name)
-    if argv and argv[0] in STAGES:  # stages parse their own options (and --help)
+    if argv and argv[0] in STAGE_MODULES:  # stages parse their own options (and --help)
         debug = "--debug" in argv
         module = importlib.import_module(f"pipeline.stages.{argv[0]}")
         return module.main(argv[1:] + (["--debug"] if debug and "--debug" not in argv[1:] else []))

@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.cate import crossfit_cate, dr_scores, make_folds
-from pipeline.config import CateConfig
-from pipeline.errors import EstimationError
+from pipeline.estimate.cate import crossfit_cate, dr_scores, make_folds
+from pipeline.core.config import CateConfig
+from pipeline.core.errors import EstimationError
 
 SMALL = CateConfig(folds=3, n_estimators=24, nuisance_trees=10, n_jobs=1)
 
@@ -133,7 +133,7 @@ def test_sequential_scheme_uses_only_earlier_folds():
 
 def test_shared_nuisances_are_honest_and_reproducible():
     """Nuisances fitted once for every scale set: a fold's predictions never see its own outcomes."""
-    from pipeline.cate import fit_nuisances, training_splits
+    from pipeline.estimate.cate import fit_nuisances, training_splits
 
     X, Y, W, clusters = _rct(n_clusters=45, per=4, seed=6)
     folds = make_folds(clusters, 3, seed=0)
@@ -170,7 +170,7 @@ def _residualised(n_clusters=60, per=4, p=5, seed=0, tau=None):
 def test_linear_cate_matches_brute_force_ridge_and_sandwich():
     """Coefficients equal an explicit penalised least squares (intercept unpenalised) and the covariance
     equals a loop over clusters of score outer products."""
-    from pipeline.cate import fit_linear_cate
+    from pipeline.estimate.cate import fit_linear_cate
 
     X, w, y, g = _residualised(seed=1)
     lin = fit_linear_cate(X, w, y, g, alphas=[3.0])
@@ -193,7 +193,7 @@ def test_linear_cate_matches_brute_force_ridge_and_sandwich():
 
 
 def test_linear_cate_recovers_linear_effect_and_shrinks_under_null():
-    from pipeline.cate import fit_linear_cate
+    from pipeline.estimate.cate import fit_linear_cate
 
     X, w, y, g = _residualised(n_clusters=200, seed=2)
     lin = fit_linear_cate(X, w, y, g)
@@ -271,7 +271,7 @@ def test_auto_correction_follows_the_held_out_r_loss():
 
 def test_linear_correction_with_few_clusters():
     """Few clusters: auto keeps the forest alone; ridge still runs (one cluster: strongest penalty)."""
-    from pipeline.cate import fit_linear_cate
+    from pipeline.estimate.cate import fit_linear_cate
 
     X, Y, W, clusters = _rct(n_clusters=12, per=6, seed=9)
     folds = make_folds(clusters, 2, seed=0)

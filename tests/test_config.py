@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.config import config_from_dict, load_config
-from pipeline.errors import ConfigError
+from pipeline.core.config import config_from_dict, load_config
+from pipeline.core.errors import ConfigError
 
 
 def test_defaults_and_repo_params_are_valid():

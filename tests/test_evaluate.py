@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.evaluate import cluster_mean_se, difference_in_means
+from pipeline.estimate.inference import cluster_mean_se, difference_in_means
 
 
 def test_cluster_mean_se_singletons_and_brute_force():
@@ -33,7 +33,7 @@ def test_difference_in_means_matches_statsmodels():
 
 
 def test_combine_fold_rates_brute_force():
-    from pipeline.rate import combine_fold_rates, rate
+    from pipeline.estimate.rate import combine_fold_rates, rate
 
     rng = np.random.default_rng(2)
     parts = [rate(rng.normal(size=80), rng.normal(size=(80, 2)), n_boot=30, seed=k) for k in range(3)]
@@ -56,10 +56,10 @@ def _null_trial(rng, n_clusters=100, per=4, p=5):
 
 
 def _ridge_t_learner(X, Y, W, clusters, folds, scheme):
-    """A cheap CATE learner (ridge T-learner) and outcome model, cross-fitted like pipeline.cate."""
+    """A cheap CATE learner (ridge T-learner) and outcome model, cross-fitted like pipeline.estimate.cate."""
     from sklearn.linear_model import Ridge
 
-    from pipeline.cate import training_splits
+    from pipeline.estimate.cate import training_splits
 
     tau = np.full(len(Y), np.nan)
     m = np.full(len(Y), np.nan)
@@ -72,9 +72,9 @@ def _ridge_t_learner(X, Y, W, clusters, folds, scheme):
 
 
 def _rejection_rate(reps, scheme, seed=11):
-    from pipeline.cate import dr_scores, make_folds
-    from pipeline.evaluate import sequential_rate
-    from pipeline.rate import rate
+    from pipeline.estimate.cate import dr_scores, make_folds
+    from pipeline.estimate.inference import sequential_rate
+    from pipeline.estimate.rate import rate
 
     rng = np.random.default_rng(seed)
     rejected = 0
@@ -107,7 +107,7 @@ def test_sequential_calibration_500_and_pooled_kfold_is_not():
 
 def test_calibration_test_matches_statsmodels_and_detects_heterogeneity():
     sm = pytest.importorskip("statsmodels.api")
-    from pipeline.evaluate import calibration_test
+    from pipeline.estimate.inference import calibration_test
 
     rng = np.random.default_rng(4)
     n = 600
@@ -133,8 +133,8 @@ def test_calibration_test_matches_statsmodels_and_detects_heterogeneity():
 def test_held_out_selection_chooses_on_earlier_folds():
     import pandas as pd
 
-    from pipeline.evaluate import held_out_selection
-    from pipeline.rate import RATEResult
+    from pipeline.estimate.inference import held_out_selection
+    from pipeline.estimate.rate import RATEResult
 
     def res(ests, ses):
         return RATEResult(estimate=0.0, std_err=1.0, target="AUTOC", toc=pd.DataFrame(), n_boot=10,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from models import create_encoder
-from pipeline.embedding import embed_chips
+from pipeline.imagery.embedding import embed_chips
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -54,7 +54,7 @@ def test_gpu_embeddings_from_zarr_equal_in_memory(tmp_path):
 
 
 def test_gpu_scaling_timer_runs():
-    from pipeline.scaling_study import time_forward
+    from pipeline.procedures.scaling import time_forward
 
     enc = create_encoder("resnet_tiny", in_chans=6, seed=0)
     ips = time_forward(enc, 16, torch.device("cuda"), repeats=2)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models import EncoderError, create_encoder, encoder_card, list_encoders
-from pipeline.embedding import embed_chips
+from pipeline.imagery.embedding import embed_chips
 
 NAMES = ["spectral", "vit_tiny", "resnet_tiny", "regnet_tiny"]
 
@@ -126,7 +126,7 @@ def test_iter_blocks_pinned_ring_matches_plain_reads():
     consumer runs in inference mode and more blocks than buffers pass through."""
     import zarr
 
-    from pipeline.embedding import iter_blocks
+    from pipeline.imagery.embedding import iter_blocks
 
     rng = np.random.default_rng(0)
     chips = rng.uniform(0, 0.4, (203, 3, 8, 8)).astype(np.float32)
@@ -148,8 +148,8 @@ def test_direct_chunk_decoding_equals_zarr_reads(tmp_path):
     layouts are left to Zarr."""
     import zarr
 
-    from pipeline.artifacts import chip_codec
-    from pipeline.embedding import ChipBatches, DirectChunks, iter_blocks
+    from pipeline.core.artifacts import chip_codec
+    from pipeline.imagery.embedding import ChipBatches, DirectChunks, iter_blocks
 
     rng = np.random.default_rng(1)
     chips = rng.uniform(0, 0.4, (100, 3, 8, 8)).astype(np.float32)

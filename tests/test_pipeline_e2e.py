@@ -164,10 +164,10 @@ def test_killed_worker_mid_tiling_gives_identical_chips(tiny_study):
     import numpy as np
     from distributed import Client, LocalCluster
 
-    from pipeline.config import load_config
-    from pipeline.imagery import SceneCatalog
-    from pipeline.sites import locations_table, read_units
-    from pipeline.tiling import tile_locations
+    from pipeline.core.config import load_config
+    from pipeline.imagery.scenes import SceneCatalog
+    from pipeline.core.units import locations_table, read_units
+    from pipeline.imagery.tiling import tile_locations
 
     params, out = tiny_study
     cfg = load_config(params)

@@ -7,8 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.errors import EstimationError
-from pipeline.rate import DEFAULT_Q, rate
+from pipeline.core.errors import EstimationError
+from pipeline.estimate.rate import DEFAULT_Q, rate
 
 
 def reference_rate(dr, prio, w=None, target="AUTOC", q=DEFAULT_Q):
@@ -242,8 +242,8 @@ def test_constant_priorities_warn():
 @pytest.mark.parametrize("ties", [False, True])
 def test_bootstrap_kernel_equals_subset_statistic(target, ties):
     """The streaming kernel (compiled and pure Python) equals the NumPy statistic on each half sample."""
-    from pipeline._rate_kernel import bootstrap_statistics
-    from pipeline.rate import _dense_rank, _Sorted, half_sample_draws
+    from pipeline.estimate._rate_kernel import bootstrap_statistics
+    from pipeline.estimate.rate import _dense_rank, _Sorted, half_sample_draws
 
     rng = np.random.default_rng(21)
     n = 300

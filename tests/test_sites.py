@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.errors import UnitsError
-from pipeline.sites import locations_table, read_units, validate_units, write_units
+from pipeline.core.errors import UnitsError
+from pipeline.core.units import locations_table, read_units, validate_units, write_units
 
 
 def make_units(n=12):

@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import REPO, SHARED_DATA
-from pipeline.config import ConfigError, config_from_dict
-from pipeline.errors import UnitsError
-from pipeline.sites import load_study_units
+from pipeline.core.config import ConfigError, config_from_dict
+from pipeline.core.errors import UnitsError
+from pipeline.core.units import load_study_units
 
 UGANDA = SHARED_DATA / "causalimages_uganda_yop"
 needs_uganda = pytest.mark.skipif(not UGANDA.is_dir(), reason=f"Uganda data absent at {UGANDA}")

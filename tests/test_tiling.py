@@ -9,10 +9,10 @@ from pyproj import Transformer
 from rasterio.windows import Window
 
 from conftest import SHARED_DATA, write_raster
-from pipeline.config import ScaleConfig
-from pipeline.errors import ImageryError, TilingError
-from pipeline.imagery import SceneCatalog, SceneReader, open_scene
-from pipeline.tiling import area_weights, tile_locations
+from pipeline.core.config import ScaleConfig
+from pipeline.core.errors import ImageryError, TilingError
+from pipeline.imagery.scenes import SceneCatalog, SceneReader, open_scene
+from pipeline.imagery.tiling import area_weights, tile_locations
 
 
 def lonlat(crs, x, y):
@@ -252,7 +252,7 @@ def test_outside_drop_and_workers_identical(ramp_raster):
 
 
 def test_chip_store_roundtrip(tmp_path, ramp_raster):
-    from pipeline.tiling import read_chip_store, write_chipset
+    from pipeline.imagery.tiling import read_chip_store, write_chipset
 
     cat = SceneCatalog.from_paths([ramp_raster])
     lon, lat = lonlat("EPSG:32636", np.array([500300.0, 500900.0]), np.array([99500.0, 99000.0]))
@@ -306,7 +306,7 @@ def test_real_parana_scene_edges():
 
 def test_area_kernel_matches_weight_matrices_and_numpy():
     """Summed-area resampling equals the explicit overlap-weight computation, compiled or not."""
-    from pipeline._area_kernel import area_resample, summed_area
+    from pipeline.imagery._area_kernel import area_resample, summed_area
 
     rng = np.random.default_rng(5)
     vals = rng.uniform(0, 100, (2, 60, 70)).astype(np.float32)
@@ -338,9 +338,9 @@ def test_area_kernel_matches_weight_matrices_and_numpy():
 def test_chunked_store_resumes_after_interruption(tmp_path, ramp_raster, monkeypatch):
     """Tiling into the store chunk by chunk: a run that dies after two chunks resumes the rest only, and the
     store equals an uninterrupted run's."""
-    import pipeline.tiling as tiling
-    from pipeline.config import TileConfig
-    from pipeline.tiling import read_chip_store, tile_to_store
+    import pipeline.imagery.tiling as tiling
+    from pipeline.core.config import TileConfig
+    from pipeline.imagery.tiling import read_chip_store, tile_to_store
 
     cat = SceneCatalog.from_paths([ramp_raster])
     rng = np.random.default_rng(3)

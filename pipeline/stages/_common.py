@@ -8,8 +8,8 @@ from typing import Callable
 
 from models.errors import EncoderError
 
-from ..config import Config, load_config
-from ..errors import PipelineError
+from ..core.config import Config, load_config
+from ..core.errors import PipelineError
 
 
 USER_ERRORS = (PipelineError, EncoderError)

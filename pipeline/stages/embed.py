@@ -1,24 +1,20 @@
-"""Stage `embed`: encode every scale's chips with every configured encoder."""
+"""Stage `embed`: Encode every scale's chips with every configured encoder."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..compute import dask_client
-from ..embedding import embed_study
+from ..procedures import embed
 from ._common import run_stage
 
 
 def body(cfg, args) -> None:
-    out = Path(args.out)
-    with dask_client(cfg.compute) as client:
-        embs = embed_study(out / "tile", cfg.embed, cfg.seed, out / "embed", client=client)
-    print(f"embed: {len(embs)} (encoder, scale) embeddings -> {out / 'embed'}")
+    embs = embed.run(cfg, args.out)
+    print(f"embed: {len(embs)} (encoder, scale) embeddings -> {args.out}")
 
 
 def main(argv=None) -> int:
-    return run_stage("embed", __doc__, body, argv=argv)
+    return run_stage("embed", __doc__, body, None, argv)
 
 
 if __name__ == "__main__":

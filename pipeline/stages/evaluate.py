@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..evaluate import evaluate_study
+from ..procedures import evaluate
 from ._common import run_stage
 
 
 def body(cfg, args) -> None:
-    out = Path(args.out)
-    truth = out / "truth.parquet"
-    m = evaluate_study(out / "cate", cfg.evaluate, cfg.seed, out / "evaluate", truth if truth.exists() else None)
+    m = evaluate.run(cfg, args.out)
     first = cfg.evaluate.targets[0]
     for name, e in m["sets"].items():
         extra = f"  corr(tau) {e['corr_true_tau']:.3f}" if "corr_true_tau" in e else ""
@@ -21,7 +18,7 @@ def body(cfg, args) -> None:
 
 
 def main(argv=None) -> int:
-    return run_stage("evaluate", __doc__, body, argv=argv)
+    return run_stage("evaluate", __doc__, body, None, argv)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-import geopandas as gpd
-
-from ..extrapolate import extrapolate_cate
-from ..imagery import resolve_scene_paths
+from ..procedures import extrapolate
 from ._common import run_stage
 
 
@@ -18,15 +14,9 @@ def add_args(p):
 
 
 def body(cfg, args) -> None:
-    from ..errors import UnitsError
-
-    out = Path(args.out)
-    if not Path(args.locations).is_file():
-        raise UnitsError(args.locations, "a GeoParquet of new locations", "no such file", "run the step that writes it")
-    locs = gpd.read_parquet(args.locations)
-    res = extrapolate_cate(out, cfg, locs, resolve_scene_paths(args.scenes), out / "extrapolate")
+    res = extrapolate.run(cfg, args.out, args.locations, args.scenes)
     n = int((res["kind"] == "extrapolation").sum())
-    print(f"extrapolate: CATE predicted at {n} locations without units -> {out / 'extrapolate'}")
+    print(f"extrapolate: CATE predicted at {n} locations without units -> {args.out}")
 
 
 def main(argv=None) -> int:

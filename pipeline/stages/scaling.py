@@ -1,16 +1,15 @@
-"""Stage `scaling`: grow encoders by every scaling strategy; count FLOPs/params/activations, time them."""
+"""Stage `scaling`: Grow encoders by every scaling strategy; count FLOPs/params/activations, time them."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-from ..scaling_study import run_scaling_study
+from ..procedures import scaling
 from ._common import run_stage
 
 
 def body(cfg, args) -> None:
-    m = run_scaling_study(cfg.scaling, Path(args.out) / "scaling")
+    m = scaling.run(cfg, args.out)
     for base, per in m["exponents"].items():
         for st, e in per.items():
             t = f"  time {e['time_vs_flops']:.2f}" if "time_vs_flops" in e else ""
@@ -19,7 +18,7 @@ def body(cfg, args) -> None:
 
 
 def main(argv=None) -> int:
-    return run_stage("scaling", __doc__, body, argv=argv)
+    return run_stage("scaling", __doc__, body, None, argv)
 
 
 if __name__ == "__main__":

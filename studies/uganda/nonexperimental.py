@@ -19,8 +19,8 @@ import pandas as pd
 import rasterio
 from rasterio.transform import from_origin
 
-from pipeline.config import load_config
-from pipeline.sites import resolve_data_root
+from pipeline.core.config import load_config
+from pipeline.core.units import resolve_data_root
 
 PIXEL_M = 14.25
 

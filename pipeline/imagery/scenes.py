@@ -32,7 +32,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from shapely.geometry import box
 
-from .errors import ImageryError
+from ..core.errors import ImageryError
 
 L2_SCALE = 2.75e-5
 L2_OFFSET = -0.2

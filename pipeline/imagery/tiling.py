@@ -30,7 +30,7 @@ import os
 import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -38,14 +38,12 @@ import numpy as np
 import pandas as pd
 import rasterio
 
+from ..core.artifacts import chip_codec, require, write_with
+from ..core.config import ON_OUTSIDE, RESAMPLING_METHODS, ScaleConfig, TileConfig
+from ..core.errors import ArtifactError, ImageryError, TilingError
+from ..core.layout import ChipStorePaths
 from ._area_kernel import area_resample, summed_area
-from .artifacts import chip_codec, require, write_with
-from .config import ScaleConfig, TileConfig
-from .errors import ArtifactError, ImageryError, TilingError
-from .imagery import Radiometry, Scene, SceneCatalog, SceneReader
-from .sites import locations_table, read_units
-
-RESAMPLING = ("average", "nearest")
+from .scenes import Radiometry, Scene, SceneCatalog, SceneReader
 
 
 @dataclass
@@ -55,6 +53,7 @@ class ChipSet:
     location_ids: list[str]
     chips: dict[str, np.ndarray]  # scale name -> (n_locations, bands, px, px) float32
     manifest: pd.DataFrame
+    dropped: list[str] = field(default_factory=list)  # locations outside every scene (on_outside: drop)
 
 
 def area_weights(start: float, length: float, n_out: int) -> tuple[int, np.ndarray]:
@@ -236,9 +235,10 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     """
     if not scales:
         raise TilingError("tile.scales", "at least one scale", "none", "list scales under tile.scales")
-    if resampling not in RESAMPLING:
-        raise TilingError("tile.resampling", f"one of {RESAMPLING}", repr(resampling), "set tile.resampling")
-    if on_outside not in ("error", "drop"):
+    if resampling not in RESAMPLING_METHODS:
+        raise TilingError("tile.resampling", f"one of {RESAMPLING_METHODS}", repr(resampling),
+                          "set tile.resampling")
+    if on_outside not in ON_OUTSIDE:
         raise TilingError("tile.on_outside", "'error' or 'drop'", repr(on_outside), "pick one")
     for scene in catalog.scenes:
         for s in scales:
@@ -276,41 +276,33 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         return scene, idx, _tile_group(reader_for(scene), xs, ys, scales, resampling, shifts_for(idx))
 
     # every block is read exactly once: a large GDAL block cache only costs memory
-    env = rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20)
-    env.__enter__()
-    try:
-        if client is not None:
-            from .compute import run_ordered
+    with rasterio.Env(GDAL_CACHEMAX=64 * 2 ** 20):
+        try:
+            if client is not None:
+                from ..core.compute import run_ordered
 
-            results = run_ordered(client, _tile_job, [(sc, xs, ys, list(scales), resampling, radiometry,
-                                                       shifts_for(idx)) for sc, idx, xs, ys in jobs])
-            for (scene, idx, _, _), res in zip(jobs, results):
-                _keep((scene, idx, res), chips, best, meta)
-        elif workers > 1:
-            with ThreadPoolExecutor(workers) as pool:
-                results = pool.map(run, jobs)
-                results = _progress(results, len(jobs), progress)
-                for item in results:
+                results = run_ordered(client, _tile_job, [(sc, xs, ys, list(scales), resampling, radiometry,
+                                                           shifts_for(idx)) for sc, idx, xs, ys in jobs])
+                for (scene, idx, _, _), res in zip(jobs, results):
+                    _keep((scene, idx, res), chips, best, meta)
+            elif workers > 1:
+                with ThreadPoolExecutor(workers) as pool:
+                    results = pool.map(run, jobs)
+                    results = _progress(results, len(jobs), progress)
+                    for item in results:
+                        _keep(item, chips, best, meta)
+            else:
+                for item in _progress(map(run, jobs), len(jobs), progress):
                     _keep(item, chips, best, meta)
-        else:
-            for item in _progress(map(run, jobs), len(jobs), progress):
-                _keep(item, chips, best, meta)
-    finally:
-        for r in readers:
-            r.close()
-        env.__exit__(None, None, None)
+        finally:
+            for r in readers:
+                r.close()
 
     dropped = []
     if not covered.all():
-        missing = [location_ids[i] for i in np.flatnonzero(~covered)]
         if on_outside == "error":
-            sw = _swapped_hits(catalog, lon[~covered], lat[~covered])
-            hint = (f" ({sw} of them fall inside a scene if lon and lat are swapped: check the column order)"
-                    if sw else "")
-            raise ImageryError("locations", "every location inside at least one scene",
-                               f"{len(missing)} of {n} outside all scenes, e.g. {missing[:5]}{hint}",
-                               "add scenes covering them, or set tile.on_outside: drop to drop them (counted)")
-        dropped = missing
+            raise outside_error(catalog, location_ids, lon, lat, covered)
+        dropped = [location_ids[i] for i in np.flatnonzero(~covered)]
     rows = []
     for s in scales:
         m = meta[s.name]
@@ -320,9 +312,19 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
                          "cloud_fraction": m["cloud"][i], "minx": m["bounds"][i, 0], "miny": m["bounds"][i, 1],
                          "maxx": m["bounds"][i, 2], "maxy": m["bounds"][i, 3],
                          "jitter_dx": offsets[i, 0], "jitter_dy": offsets[i, 1], "dropped": bool(~covered[i])})
-    chipset = ChipSet(location_ids=list(location_ids), chips=chips, manifest=pd.DataFrame(rows))
-    chipset.dropped = dropped
-    return chipset
+    return ChipSet(location_ids=list(location_ids), chips=chips, manifest=pd.DataFrame(rows), dropped=dropped)
+
+
+def outside_error(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
+                  covered: np.ndarray) -> ImageryError:
+    """The error for locations outside every scene: names them, and hints when swapping lon and lat would
+    put them inside a scene."""
+    missing = [location_ids[i] for i in np.flatnonzero(~covered)]
+    sw = _swapped_hits(catalog, lon[~covered], lat[~covered])
+    hint = f" ({sw} of them fall inside a scene if lon and lat are swapped: check the column order)" if sw else ""
+    return ImageryError("locations", "every location inside at least one scene",
+                        f"{len(missing)} of {len(lon)} outside all scenes, e.g. {missing[:5]}{hint}",
+                        "add scenes covering them, or set tile.on_outside: drop to drop them (counted)")
 
 
 def _progress(it, total, show):
@@ -365,12 +367,12 @@ def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
     """
     import zarr
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    manifest_path = out / "manifest.parquet"
+    store = ChipStorePaths(Path(out_dir))
+    store.root.mkdir(parents=True, exist_ok=True)
+    manifest_path = store.manifest
     if manifest_path.exists():
         manifest_path.unlink()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-chips.zarr-", dir=out))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{store.chips.name}-", dir=store.root))
     try:
         group = zarr.open_group(str(tmp), mode="w")
         for name, arr in chipset.chips.items():
@@ -378,14 +380,13 @@ def write_chipset(chipset: ChipSet, out_dir: str | os.PathLike) -> None:
             z = group.create_array(name, shape=arr.shape, chunks=chunk, dtype="float32", fill_value=np.nan,
                                    compressors=chip_codec())
             z[:] = arr
-        final = out / "chips.zarr"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        if store.chips.exists():
+            shutil.rmtree(store.chips)
+        os.replace(tmp, store.chips)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    write_with(out / "locations.parquet",
+    write_with(store.locations,
                lambda t: pd.DataFrame({"location_id": chipset.location_ids}).to_parquet(t, index=False))
     write_with(manifest_path, lambda t: chipset.manifest.to_parquet(t, index=False))
 
@@ -395,13 +396,13 @@ def read_chip_store(tile_dir: str | os.PathLike, in_memory: bool = False):
     ``in_memory``. Reading never needs the source rasters."""
     import zarr
 
-    tile_dir = Path(tile_dir)
-    manifest = pd.read_parquet(require(tile_dir / "manifest.parquet", "a complete chip store (manifest.parquet)"))
-    locations = pd.read_parquet(tile_dir / "locations.parquet")["location_id"].tolist()
+    store = ChipStorePaths(Path(tile_dir))
+    manifest = pd.read_parquet(require(store.manifest, "a complete chip store (its manifest)"))
+    locations = pd.read_parquet(store.locations)["location_id"].tolist()
     try:
-        group = zarr.open_group(str(tile_dir / "chips.zarr"), mode="r")
+        group = zarr.open_group(str(store.chips), mode="r")
     except Exception:
-        raise ArtifactError(str(tile_dir / "chips.zarr"), "a Zarr chip store", "a missing or unreadable store",
+        raise ArtifactError(str(store.chips), "a Zarr chip store", "a missing or unreadable store",
                             "re-run the tile stage") from None
     chips = {}
     for s in dict.fromkeys(manifest["scale"]):
@@ -457,7 +458,7 @@ def _tile_chunk(partial: str, start: int, ids, lon, lat, offsets, scenes, scales
     for name, arr in cs.chips.items():
         group[name][start: start + len(ids)] = arr
     man = cs.manifest.assign(index=cs.manifest["index"] + start)
-    write_with(Path(partial) / "done" / f"{start:012d}.parquet", lambda t: man.to_parquet(t, index=False))
+    write_with(ChipStorePaths.chunk_marker(partial, start), lambda t: man.to_parquet(t, index=False))
     return cs.dropped
 
 
@@ -478,22 +479,21 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
 
     import zarr
 
-    from .compute import run_ordered
+    from ..core.compute import run_ordered
 
     if chunk_locations % 64:
         raise TilingError("chunk_locations", "a multiple of 64", str(chunk_locations), "use e.g. 4096")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "manifest.parquet").exists():
-        (out / "manifest.parquet").unlink()  # the store is incomplete until the new manifest is written
+    store = ChipStorePaths(Path(out_dir))
+    store.root.mkdir(parents=True, exist_ok=True)
+    if store.manifest.exists():
+        store.manifest.unlink()  # the store is incomplete until the new manifest is written
     ids = np.asarray([str(i) for i in location_ids], dtype=object)
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
     offsets = jitter_offsets(len(ids), list(cfg.jitter_m) or None, cfg.jitter_seed)
     if cfg.on_outside == "error":  # fail before writing anything
         _, covered = plan_jobs(catalog, lon, lat, offsets, cfg.block_px)
         if not covered.all():
-            tile_locations(catalog, list(ids[~covered][:50]), lon[~covered][:50], lat[~covered][:50], cfg.scales,
-                           offsets=offsets[~covered][:50])  # raises the named error
+            raise outside_error(catalog, list(ids), lon, lat, covered)
     scales, copy_offsets = jitter_copies(cfg, len(ids))
     order = _spatial_order(catalog, lon, lat, cfg.block_px)
     ids, lon, lat, offsets = ids[order], lon[order], lat[order], offsets[order]
@@ -508,8 +508,8 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
             "copies": hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in copy_offsets.values())).hexdigest(),
             "chunk": chunk_locations}
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
-    partial = out / ".partial-chips.zarr"
-    plan_file = partial / "plan.sha256"
+    partial = store.partial
+    plan_file = ChipStorePaths.plan_digest(partial)
     if not (plan_file.exists() and plan_file.read_text() == digest):
         if partial.exists():
             shutil.rmtree(partial)
@@ -518,10 +518,10 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
         for sc in scales:
             group.create_array(sc.name, shape=(len(ids), count, sc.px, sc.px), chunks=(64, count, sc.px, sc.px),
                                dtype="float32", fill_value=np.nan, compressors=chip_codec())
-        (partial / "done").mkdir()
+        ChipStorePaths.chunk_marker(partial, 0).parent.mkdir()
         plan_file.write_text(digest)
     starts = list(range(0, len(ids), chunk_locations))
-    todo = [st for st in starts if not (partial / "done" / f"{st:012d}.parquet").exists()]
+    todo = [st for st in starts if not ChipStorePaths.chunk_marker(partial, st).exists()]
     items = [(str(partial), st, list(ids[st: st + chunk_locations]), lon[st: st + chunk_locations],
               lat[st: st + chunk_locations], offsets[st: st + chunk_locations], scenes, list(scales), kw,
               {k: v[st: st + chunk_locations] for k, v in copy_offsets.items()} or None)
@@ -532,29 +532,16 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
             _tile_chunk(*item)
     else:
         run_ordered(client, _tile_chunk, items)
-    manifest = pd.concat([pd.read_parquet(partial / "done" / f"{st:012d}.parquet") for st in starts],
+    manifest = pd.concat([pd.read_parquet(ChipStorePaths.chunk_marker(partial, st)) for st in starts],
                          ignore_index=True)
     manifest = manifest.sort_values(["scale", "index"], kind="stable",
                                     key=lambda c: c.map({sc.name: i for i, sc in enumerate(scales)})
                                     if c.name == "scale" else c).reset_index(drop=True)
-    final = out / "chips.zarr"
-    if final.exists():
-        shutil.rmtree(final)
-    shutil.rmtree(partial / "done")
+    if store.chips.exists():
+        shutil.rmtree(store.chips)
+    shutil.rmtree(ChipStorePaths.chunk_marker(partial, 0).parent)
     plan_file.unlink()
-    os.replace(partial, final)
-    write_with(out / "locations.parquet", lambda t: pd.DataFrame({"location_id": list(ids)}).to_parquet(t, index=False))
-    write_with(out / "manifest.parquet", lambda t: manifest.to_parquet(t, index=False))
-    return manifest
-
-
-def tile_study(units_path: str | os.PathLike, scene_paths: Sequence[str], cfg: TileConfig,
-               out_dir: str | os.PathLike, progress: bool = True, client=None) -> pd.DataFrame:
-    """Tile every location of a units file at every scale of ``cfg`` into the chip store (resumable)."""
-    units = read_units(units_path)
-    locs = locations_table(units)
-    catalog = SceneCatalog.from_paths(scene_paths, bands=list(cfg.bands) or None)
-    manifest = tile_to_store(catalog, locs["location_id"].astype(str).tolist(), locs.geometry.x.to_numpy(),
-                             locs.geometry.y.to_numpy(), cfg, out_dir, client=client, progress=progress)
-    write_with(Path(out_dir) / "scenes.parquet", lambda t: catalog.footprints().to_parquet(t, index=False))
+    os.replace(partial, store.chips)
+    write_with(store.locations, lambda t: pd.DataFrame({"location_id": list(ids)}).to_parquet(t, index=False))
+    write_with(store.manifest, lambda t: manifest.to_parquet(t, index=False))
     return manifest

@@ -1,4 +1,4 @@
-"""Scaling-strategy study: complexity and speed of encoders grown by each strategy.
+"""Procedure ``scaling``: the scaling-strategy study, complexity and speed of encoders grown by each strategy.
 
 For every base encoder, strategy and FLOPs factor s: the scaled configuration (:func:`models.scaling.scale`),
 its achieved FLOPs, parameters and activations (:mod:`models.complexity`), and its inference speed
@@ -20,14 +20,17 @@ from models.complexity import count
 from models.registry import build_family, list_presets
 from models.scaling import exponents, scale
 
-from .artifacts import write_json, write_with
-from .embedding import choose_device, forward_batch, prepare_encoder
-from .errors import ConfigError
+from ..core.artifacts import write_json, write_with
+from ..core.config import Config
+from ..core.errors import ConfigError
+from ..core.layout import ScalingPaths, StudyLayout
+from ..imagery.embedding import choose_device, forward_batch, prepare_encoder
+from ..report.figures import plot_scaling
 
 
 def time_forward(encoder, batch: int, device: torch.device, repeats: int = 5) -> float:
     """Median images/s of ``encoder`` on random inputs of its own size (one warm-up batch), run as the
-    embedding stage runs it (:func:`pipeline.embedding.forward_batch`: bf16 autocast and channels-last on a
+    embedding stage runs it (:func:`pipeline.imagery.embedding.forward_batch`: bf16 autocast and channels-last on a
     GPU, float32 on the CPU)."""
     x = torch.rand(batch, encoder.in_chans, encoder.input_size, encoder.input_size, device=device) * 0.3
     enc = prepare_encoder(encoder, device)
@@ -51,8 +54,8 @@ def fit_exponent(x, y) -> float:
 
 
 def run_scaling_study(cfg, out_dir: str | os.PathLike, progress: bool = True) -> dict:
-    """Run the study described by ``cfg`` (a ``ScalingConfig``); write ``table.csv``, ``metrics.json`` and
-    ``acts_vs_flops.png`` / ``time_vs_flops.png``."""
+    """Run the study described by ``cfg`` (a ``ScalingConfig``); write the table, the metrics and the
+    activation and time figures (:class:`~pipeline.core.layout.ScalingPaths`) under ``out_dir``."""
     presets = list_presets()
     device = choose_device(cfg.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -90,12 +93,15 @@ def run_scaling_study(cfg, out_dir: str | os.PathLike, progress: bool = True) ->
         if cfg.timing:
             e["time_vs_flops"] = fit_exponent(g["flops"], 1.0 / g["images_per_s"])
         metrics["exponents"].setdefault(b, {})[st] = e
-    out = Path(out_dir)
-    write_with(out / "table.csv", lambda t: table.to_csv(t, index=False, float_format="%.6g"))
-    write_json(out / "metrics.json", metrics)
-    from .report import plot_scaling
-
-    write_with(out / "acts_vs_flops.png", lambda t: plot_scaling(table, "acts", t))
+    paths = ScalingPaths(Path(out_dir))
+    write_with(paths.table, lambda t: table.to_csv(t, index=False, float_format="%.6g"))
+    write_json(paths.metrics, metrics)
+    write_with(paths.figure("acts"), lambda t: plot_scaling(table, "acts", t))
     if cfg.timing:
-        write_with(out / "time_vs_flops.png", lambda t: plot_scaling(table, "time", t))
+        write_with(paths.figure("time"), lambda t: plot_scaling(table, "time", t))
     return metrics
+
+
+def run(cfg: Config, out: str | os.PathLike, progress: bool = True) -> dict:
+    """The scaling stage: ``cfg.scaling`` into ``out/scaling``."""
+    return run_scaling_study(cfg.scaling, StudyLayout(out).scaling.root, progress)

@@ -35,8 +35,9 @@ from pyproj import Transformer
 from rasterio.transform import from_origin
 from scipy import ndimage
 
-from .artifacts import write_with
-from .config import SimulateConfig
+from ..core.artifacts import write_with
+from ..core.config import SimulateConfig
+from ..core.errors import ConfigError
 
 BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 L2_SCALE = 2.75e-5
@@ -107,7 +108,9 @@ def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
     while len(rows) < cfg.n_locations:
         attempts += 1
         if attempts > 200 * cfg.n_locations:
-            raise RuntimeError("could not place villages; enlarge simulate.scene_px or lower n_locations")
+            raise ConfigError("simulate.n_locations", f"villages that fit the {size} px scene (>= 300 m from water, "
+                              ">= 400 m apart)", f"{cfg.n_locations} villages, of which {len(rows)} could be placed",
+                              "enlarge simulate.scene_px or lower simulate.n_locations")
         r, c = rng.integers(margin, size - margin, size=2)
         if dist_water_m[r, c] < 300.0:
             continue
@@ -229,22 +232,3 @@ def write_scene(path: str | os.PathLike, reflectance: np.ndarray, transform, crs
             ds.update_tags(PRODUCT="simulated Landsat-like Collection 2 Level-2 surface reflectance")
 
     write_with(path, writer)
-
-
-def prepare_simulation(cfg: SimulateConfig, seed: int, out_dir: str | os.PathLike,
-                       truth_path: str | os.PathLike) -> gpd.GeoDataFrame:
-    """Write the simulated study: ``scenes/scene_000.tif``, ``scenes.parquet`` (footprints) and
-    ``units.parquet`` under ``out_dir``, and the true CATE to ``truth_path`` (read only by evaluation)."""
-    from .imagery import SceneCatalog
-    from .sites import validate_units, write_units
-
-    out = Path(out_dir)
-    study = simulate_study(cfg, seed)
-    units = validate_units(study.units, source="simulated units")
-    scene_path = out / "scenes" / "scene_000.tif"
-    write_scene(scene_path, study.reflectance, study.transform, study.crs)
-    catalog = SceneCatalog.from_paths([scene_path])
-    write_with(out / "scenes.parquet", lambda tmp: catalog.footprints().to_parquet(tmp, index=False))
-    write_units(units, out / "units.parquet")
-    write_with(truth_path, lambda tmp: study.truth.to_parquet(tmp, index=False))
-    return units

@@ -2,7 +2,8 @@
 
 Every error a user can cause carries three things: what input was wrong (a file, a column, a params key,
 an argument), what was expected and what was found, and how to fix it. Stages print the message and exit
-non-zero; library callers can catch the specific class.
+non-zero; library callers can catch the specific class. Encoder errors are
+:class:`models.errors.EncoderError` (same fields), so that ``models`` never imports ``pipeline``.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ class ImageryError(PipelineError):
 
 class TilingError(PipelineError):
     """Scales or windows are invalid (negative sizes, windows smaller than a pixel, unknown resampling)."""
-
-
-class EncoderError(PipelineError):
-    """An encoder name, weights file or input does not fit."""
 
 
 class EstimationError(PipelineError):

@@ -13,47 +13,69 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Sequence, Union
 
 import yaml
 
+from models.scaling import STRATEGIES
+
 from .errors import ConfigError
 
+# Choice lists: the one home of every enumerated value (validation, docs and templates read them).
 RESAMPLING_METHODS = ("average", "nearest")
+RADIOMETRY_MODES = ("auto", "none", "l2")
+ON_OUTSIDE = ("error", "drop")
+LEARNERS = ("causal_forest", "dr_forest")
+LINEAR_CORRECTIONS = ("none", "ridge", "auto")
+PROPENSITY_MODES = ("share", "estimate")
+JITTER_JOINS = ("none", "mean", "concat")
+TARGETS = ("AUTOC", "QINI")
+MISSING_OUTCOME = ("error", "drop")
+MISSING_COVARIATES = ("error", "impute")
+
+
+def opt(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING,
+        choices: tuple | None = None) -> Any:
+    """A config field with its documentation (rendered as a comment in generated params files) and, for
+    enumerated values, its choices (validated by :func:`config_from_dict`)."""
+    meta = {"doc": doc, "choices": choices}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class SimulateConfig:
     """Synthetic Landsat-like scene and cluster-randomized trial with a known CATE."""
 
-    scene_px: int = 1024
-    pixel_m: float = 30.0
-    epsg: int = 32636
-    origin_x: float = 420000.0
-    origin_y: float = 180000.0
-    n_locations: int = 300
-    units_min: int = 4
-    units_max: int = 8
-    treated_share: float = 0.5
-    noise_sd: float = 1.0
-    tau_base: float = 1.0
-    tau_fine: float = 0.8
-    tau_coarse: float = 0.8
-    fine_window_m: float = 240.0
-    coarse_window_m: float = 3840.0
+    scene_px: int = opt(1024, "scene side in pixels (1024 px at 30 m = 30.7 km)")
+    pixel_m: float = opt(30.0, "pixel size in metres")
+    epsg: int = opt(32636, "projected CRS of the scene (UTM zone 36N)")
+    origin_x: float = opt(420000.0, "west edge of the scene in the CRS")
+    origin_y: float = opt(180000.0, "south edge of the scene in the CRS")
+    n_locations: int = opt(300, "villages = locations = clusters")
+    units_min: int = opt(4, "fewest units per village")
+    units_max: int = opt(8, "most units per village")
+    treated_share: float = opt(0.5, "share of villages treated")
+    noise_sd: float = opt(1.0, "outcome noise SD")
+    tau_base: float = opt(1.0, "average treatment effect")
+    tau_fine: float = opt(0.8, "effect modification by built-up fraction within fine_window_m")
+    tau_coarse: float = opt(0.8, "effect modification by water fraction within coarse_window_m")
+    fine_window_m: float = opt(240.0, "window of the fine effect modifier, metres")
+    coarse_window_m: float = opt(3840.0, "window of the coarse effect modifier, metres")
 
 
 @dataclass(frozen=True)
 class ColumnsConfig:
     """Names of the required columns in the user's units file."""
 
-    unit_id: str = "unit_id"
-    location_id: str = "location_id"
-    cluster_id: str = "cluster_id"
-    W: str = "W"
-    Y: str = "Y"
-    lon: str = "lon"
-    lat: str = "lat"
+    unit_id: str = opt("unit_id", "one row per trial unit")
+    location_id: str = opt("location_id", "the place that is tiled (several units may share one)")
+    cluster_id: str = opt("cluster_id", "the unit of randomization")
+    W: str = opt("W", "treatment (0/1, or text codes)")
+    Y: str = opt("Y", "outcome")
+    lon: str = opt("lon", "longitude, degrees")
+    lat: str = opt("lat", "latitude, degrees")
 
 
 @dataclass(frozen=True)
@@ -68,30 +90,30 @@ class DataConfig:
     ``drop`` (counted); missing covariates: ``error`` or ``impute`` (median plus a missing indicator).
     """
 
-    root: str = ""
-    root_env: str = ""
-    units: str = ""
-    locations: str = ""
-    location_key: str = ""
-    scenes: tuple[str, ...] = ()
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    covariates: tuple[str, ...] = ()
-    post_treatment: tuple[str, ...] = ()
-    treated_codes: tuple[str, ...] = ()
-    control_codes: tuple[str, ...] = ()
-    outcome_difference: tuple[str, ...] = ()
-    missing_outcome: str = "error"
-    missing_covariates: str = "error"
-    source: str = ""
+    root: str = opt("", "folder of the units file (relative to this file, or absolute)")
+    root_env: str = opt("", "optional environment variable overriding root")
+    units: str = opt("", "units table relative to root: CSV with lon/lat, GeoPackage, GeoParquet or Stata")
+    locations: str = opt("", "optional table of coordinates joined on location_key")
+    location_key: str = opt("", "column shared by units and locations")
+    scenes: tuple[str, ...] = opt((), "rasters: files or globs, relative to root")
+    columns: ColumnsConfig = opt(doc="column names in the units file", factory=ColumnsConfig)
+    covariates: tuple[str, ...] = opt((), "pre-treatment covariates only")
+    post_treatment: tuple[str, ...] = opt((), "columns that must never be covariates")
+    treated_codes: tuple[str, ...] = opt((), "when treatment is coded as text")
+    control_codes: tuple[str, ...] = opt((), "")
+    outcome_difference: tuple[str, ...] = opt((), "[endline, baseline]: Y is their difference")
+    missing_outcome: str = opt("error", "or drop (counted in the ingest report)", choices=MISSING_OUTCOME)
+    missing_covariates: str = opt("error", "or impute (median + missing indicator)", choices=MISSING_COVARIATES)
+    source: str = opt("", "where the data come from (shown when they are missing)")
 
 
 @dataclass(frozen=True)
 class ScaleConfig:
     """One spatial scale: a square window ``size_m`` metres wide, resampled to ``px`` x ``px`` pixels."""
 
-    name: str
-    size_m: float
-    px: int
+    name: str = opt(doc="scale name (no '+' or '/')")
+    size_m: float = opt(doc="window width in metres")
+    px: int = opt(doc="output size in pixels")
 
 
 @dataclass(frozen=True)
@@ -99,10 +121,10 @@ class JitterCopiesConfig:
     """Jittered copies of some scales (Multi-scale Concatenation's jitter variant): ``copies`` windows per
     location displaced by a seeded distance in ``jitter_m`` metres, tiled as scales ``<scale>@j<i>``."""
 
-    scales: tuple[str, ...] = ()
-    copies: int = 0
-    jitter_m: tuple[float, ...] = (0.0, 0.0)
-    seed: int = 0
+    scales: tuple[str, ...] = opt((), "scales to copy")
+    copies: int = opt(0, "copies per scale")
+    jitter_m: tuple[float, ...] = opt((0.0, 0.0), "[min, max] displacement in metres")
+    seed: int = opt(0, "")
 
 
 @dataclass(frozen=True)
@@ -111,16 +133,18 @@ class TileConfig:
     name (empty = all), optional seeded location jitter [min, max] in metres, read-block size, threads,
     and the policy for locations outside every scene ('error' or 'drop')."""
 
-    scales: tuple[ScaleConfig, ...] = ()
-    resampling: str = "average"
-    radiometry: Union[float, str] = "auto"
-    bands: tuple[str, ...] = ()
-    jitter_m: tuple[float, ...] = ()
-    jitter_seed: int = 0
-    block_px: int = 1024
-    workers: int = 1
-    on_outside: str = "error"
-    jitter_copies: JitterCopiesConfig = field(default_factory=JitterCopiesConfig)
+    scales: tuple[ScaleConfig, ...] = opt((), "window size in metres, output size in pixels")
+    resampling: str = opt("average", "exact area average; or nearest", choices=RESAMPLING_METHODS)
+    radiometry: Union[float, str] = opt("auto", "auto (file scale/offset, Landsat C2 L2), none, l2, or a DN "
+                                        "multiplier (e.g. 0.00392156862745098 for 8-bit)")
+    bands: tuple[str, ...] = opt((), "band names to keep, in order (empty = all)")
+    jitter_m: tuple[float, ...] = opt((), "[min, max] metres of seeded DHS-style displacement (empty = none)")
+    jitter_seed: int = opt(0, "")
+    block_px: int = opt(1024, "locations in one block x block tile share one read")
+    workers: int = opt(1, "threads reading/resampling blocks")
+    on_outside: str = opt("error", "or drop (dropped units are counted)", choices=ON_OUTSIDE)
+    jitter_copies: JitterCopiesConfig = opt(doc="jittered copies of a scale, tiled as <scale>@j<i>",
+                                            factory=JitterCopiesConfig)
 
 
 @dataclass(frozen=True)
@@ -129,11 +153,11 @@ class EmbedConfig:
     encoder (``read_threads`` reader threads, 0 = one per core up to 8; or ``num_workers`` DataLoader
     processes when > 0)."""
 
-    encoders: tuple[str, ...] = ("spectral",)
-    batch_size: int = 64
-    device: str = "auto"
-    num_workers: int = 0
-    read_threads: int = 0
+    encoders: tuple[str, ...] = opt(("spectral",), "encoder presets (configs/encoders) or families")
+    batch_size: int = opt(64, "")
+    device: str = opt("auto", "auto (cuda when available), cpu or cuda[:N]")
+    num_workers: int = opt(0, "DataLoader processes reading the chip store (0: reader threads)")
+    read_threads: int = opt(0, "threads reading chip blocks ahead of the encoder (0: one per core, at most 8)")
 
 
 @dataclass(frozen=True)
@@ -142,56 +166,62 @@ class FeaturesConfig:
     reduction before joining (standardise columns; PCA to ``pca`` components; 0 = none), fitted on the
     locations' embeddings without outcomes."""
 
-    encoders: tuple[str, ...] = ("spectral",)
-    scale_sets: tuple[str, ...] = ("singles", "all")
-    covariates: bool = True
-    standardize: bool = False
-    pca: int = 0
-    jitter: str = "none"
+    encoders: tuple[str, ...] = opt(("spectral",), "encoders whose embeddings are joined")
+    scale_sets: tuple[str, ...] = opt(("singles", "all"), "singles, pairs, all, or explicit a+b")
+    covariates: bool = opt(True, "append the pre-treatment covariates")
+    standardize: bool = opt(False, "per-scale standardisation before joining")
+    pca: int = opt(0, "per-scale PCA components before joining (0 = none)")
+    jitter: str = opt("none", "how jittered copies of a scale join it", choices=JITTER_JOINS)
 
 
 @dataclass(frozen=True)
 class CateConfig:
-    learner: str = "causal_forest"
-    folds: int = 5
-    n_estimators: int = 200
-    min_samples_leaf: int = 5
-    max_samples: float = 0.45
-    nuisance_trees: int = 100
-    propensity: Union[float, str] = 0.5
-    dr_reference: str = "all"
-    n_jobs: int = -1
-    shared_nuisance: bool = False
-    linear_correction: str = "none"
+    """Cross-fitted CATE estimation (:class:`pipeline.estimate.cate.CausalForestCATE`)."""
+
+    learner: str = opt("causal_forest", "or dr_forest (econml ForestDRLearner)", choices=LEARNERS)
+    folds: int = opt(5, "cross-fitting folds, grouped by cluster")
+    n_estimators: int = opt(200, "trees of the final forest (a multiple of 4)")
+    min_samples_leaf: int = opt(5, "")
+    max_samples: float = opt(0.45, "subsample fraction, at most 0.5 (forest inference)")
+    nuisance_trees: int = opt(100, "trees of the outcome model")
+    propensity: Union[float, str] = opt(0.5, "the known assignment probability, share (out-of-fold treated "
+                                        "share) or estimate (out-of-fold logistic model)")
+    dr_reference: str = opt("all", "scale set whose CATEs and nuisances form the DR scores")
+    n_jobs: int = opt(-1, "threads (-1: all cores)")
+    shared_nuisance: bool = opt(False, "true: fit outcome/propensity models once (reference set), reuse per set")
+    linear_correction: str = opt("none", "ridge: a ridge R-learner index before the forest; auto: chosen per "
+                                 "fold on held-out clusters", choices=LINEAR_CORRECTIONS)
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    targets: tuple[str, ...] = ("AUTOC", "QINI")
-    n_boot: int = 200
-    q_grid: int = 20
-    reference_set: str = "all"
+    """RATE evaluation: targets, bootstrap replicates, TOC grid and the reference set of paired tests."""
+
+    targets: tuple[str, ...] = opt(("AUTOC", "QINI"), "AUTOC and/or QINI")
+    n_boot: int = opt(200, "half-sample bootstrap replicates")
+    q_grid: int = opt(20, "TOC grid points")
+    reference_set: str = opt("all", "set compared with the best single scale")
 
 
 @dataclass(frozen=True)
 class ScalingConfig:
     """Scaling-strategy study: encoder presets to grow, strategies, FLOPs factors, timing options."""
 
-    bases: tuple[str, ...] = ("vit_scaling_base", "resnet_scaling_base")
-    strategies: tuple[str, ...] = ("d", "w", "r", "dw", "dr", "wr", "dwr", "dWr")
-    factors: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    in_chans: int = 6
-    batch_size: int = 32
-    repeats: int = 5
-    timing: bool = True
-    device: str = "auto"
+    bases: tuple[str, ...] = opt(("vit_scaling_base", "resnet_scaling_base"), "presets in configs/encoders/")
+    strategies: tuple[str, ...] = opt(tuple(STRATEGIES), "among " + ", ".join(STRATEGIES))
+    factors: tuple[float, ...] = opt((1.0, 2.0, 4.0, 8.0), "FLOPs factors, including 1 (add 16.0 on a GPU)")
+    in_chans: int = opt(6, "")
+    batch_size: int = opt(32, "")
+    repeats: int = opt(5, "timed batches per model")
+    timing: bool = opt(True, "")
+    device: str = opt("auto", "")
 
 
 @dataclass(frozen=True)
 class ExtrapolateConfig:
     """Scales available at locations without units, for transportability predictions."""
 
-    scales: tuple[str, ...] = ()
+    scales: tuple[str, ...] = opt((), "scales imaged at the new locations")
 
 
 @dataclass(frozen=True)
@@ -199,23 +229,25 @@ class ComputeConfig:
     """Where tiling and embedding run: ``synchronous`` (default), ``local`` (a LocalCluster of ``workers``
     processes started and stopped by the stage) or the address of a Dask scheduler (``tcp://host:8786``)."""
 
-    scheduler: str = "synchronous"
-    workers: int = 2
+    scheduler: str = opt("synchronous", "or local (a LocalCluster started by the stage) or tcp://host:8786")
+    workers: int = opt(2, "LocalCluster worker processes")
 
 
 @dataclass(frozen=True)
 class Config:
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    simulate: SimulateConfig = field(default_factory=SimulateConfig)
-    tile: TileConfig = field(default_factory=TileConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    cate: CateConfig = field(default_factory=CateConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    scaling: ScalingConfig = field(default_factory=ScalingConfig)
-    compute: ComputeConfig = field(default_factory=ComputeConfig)
-    extrapolate: ExtrapolateConfig = field(default_factory=ExtrapolateConfig)
+    """One study's validated, frozen parameters (``params.yaml``)."""
+
+    seed: int = opt(0, "seed of every random choice")
+    data: DataConfig = opt(doc="a real study's inputs (empty: the simulation)", factory=DataConfig)
+    simulate: SimulateConfig = opt(doc="the simulated study", factory=SimulateConfig)
+    tile: TileConfig = opt(doc="chips around every location", factory=TileConfig)
+    embed: EmbedConfig = opt(doc="encoders", factory=EmbedConfig)
+    features: FeaturesConfig = opt(doc="Multi-scale Concatenation", factory=FeaturesConfig)
+    cate: CateConfig = opt(doc="cross-fitted causal forests", factory=CateConfig)
+    evaluate: EvaluateConfig = opt(doc="RATE and inference", factory=EvaluateConfig)
+    scaling: ScalingConfig = opt(doc="the scaling-strategy study", factory=ScalingConfig)
+    compute: ComputeConfig = opt(doc="where tiling and embedding run", factory=ComputeConfig)
+    extrapolate: ExtrapolateConfig = opt(doc="predictions at locations without units", factory=ExtrapolateConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -237,12 +269,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
                               f"write `{key}` as a YAML list, e.g. [{value!r}]")
         return tuple(_coerce(v, inner, f"{key}[{i}]", source) for i, v in enumerate(value))
     if origin is Union:
-        errors = []
         for option in typing.get_args(tp):
             try:
                 return _coerce(value, option, key, source)
-            except ConfigError as exc:
-                errors.append(exc)
+            except ConfigError:
+                continue
         raise ConfigError(f"{source}: {key}", " or ".join(_type_name(t) for t in typing.get_args(tp)),
                           repr(value), "see the documented params in README.md")
     if tp is bool:
@@ -285,9 +316,25 @@ def _build(cls: type, data: dict, prefix: str, source: str) -> Any:
     return cls(**kwargs)
 
 
+def _check_choices(obj: Any, prefix: str, source: str) -> None:
+    """Every field declared with ``choices`` holds one of them (nested sections included)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.5)
+            raise ConfigError(f"{source}: {key}", f"one of {', '.join(choices)}", repr(value),
+                              f"use {close[0]}" if close else "pick one of them")
+        if dataclasses.is_dataclass(value):
+            _check_choices(value, key, source)
+
+
 def _check_ranges(cfg: Config, source: str) -> None:
     def bad(key: str, expected: str, got: Any, fix: str) -> None:
         raise ConfigError(f"{source}: {key}", expected, repr(got), fix)
+
+    _check_choices(cfg, "", source)
 
     s = cfg.simulate
     if s.scene_px < 64:
@@ -313,10 +360,6 @@ def _check_ranges(cfg: Config, source: str) -> None:
         if not sc.name or "+" in sc.name or "/" in sc.name:
             bad(f"tile.scales[{i}].name", "a non-empty name without '+' or '/'", sc.name, "rename it")
     d = cfg.data
-    if d.missing_outcome not in ("error", "drop"):
-        bad("data.missing_outcome", "'error' or 'drop'", d.missing_outcome, "pick one")
-    if d.missing_covariates not in ("error", "impute"):
-        bad("data.missing_covariates", "'error' or 'impute'", d.missing_covariates, "pick one")
     if d.outcome_difference and len(d.outcome_difference) != 2:
         bad("data.outcome_difference", "[endline column, baseline column]", list(d.outcome_difference),
             "give exactly two columns")
@@ -329,7 +372,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
             f"{bad_cov}, declared post-treatment in data.post_treatment",
             f"remove {bad_cov} from data.covariates: they are (functions of) the treatment")
     t = cfg.tile
-    if isinstance(t.radiometry, str) and t.radiometry not in ("auto", "none", "l2"):
+    if isinstance(t.radiometry, str) and t.radiometry not in RADIOMETRY_MODES:
         bad("tile.radiometry", "'auto', 'none', 'l2' or a positive DN multiplier", t.radiometry, "use auto")
     if isinstance(t.radiometry, float) and t.radiometry <= 0:
         bad("tile.radiometry", "a positive DN multiplier", t.radiometry, "e.g. 0.00392156862745098 for 8-bit")
@@ -344,10 +387,6 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("tile.block_px", "at least 64 pixels", t.block_px, "use 1024")
     if t.workers < 1:
         bad("tile.workers", "at least 1 thread", t.workers, "use 1 or the number of cores")
-    if t.on_outside not in ("error", "drop"):
-        bad("tile.on_outside", "'error' or 'drop'", t.on_outside, "pick one")
-    if cfg.tile.resampling not in RESAMPLING_METHODS:
-        bad("tile.resampling", f"one of {RESAMPLING_METHODS}", cfg.tile.resampling, "pick one of them")
     if cfg.embed.batch_size < 1:
         bad("embed.batch_size", "a positive integer", cfg.embed.batch_size, "use e.g. 64")
     if cfg.embed.num_workers < 0:
@@ -357,10 +396,6 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("embed.read_threads", "0 (one per core, at most 8) or a number of threads", cfg.embed.read_threads,
             "use 0")
     c = cfg.cate
-    if c.learner not in ("causal_forest", "dr_forest"):
-        bad("cate.learner", "'causal_forest' or 'dr_forest'", c.learner, "pick one")
-    if c.linear_correction not in ("none", "ridge", "auto"):
-        bad("cate.linear_correction", "'none', 'ridge' or 'auto'", c.linear_correction, "pick one")
     if c.linear_correction != "none" and c.learner != "causal_forest":
         bad("cate.linear_correction", "'none' with cate.learner dr_forest (the correction is a causal forest "
             "final stage)", c.linear_correction, "use learner causal_forest or linear_correction none")
@@ -372,14 +407,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if not 0 < c.max_samples <= 0.5:
         bad("cate.max_samples", "a fraction in (0, 0.5] (required by forest inference)", c.max_samples,
             "use e.g. 0.45")
-    if isinstance(c.propensity, str) and c.propensity not in ("estimate", "share"):
+    if isinstance(c.propensity, str) and c.propensity not in PROPENSITY_MODES:
         bad("cate.propensity", "a known assignment probability in (0, 1), 'share' (out-of-fold treated "
             "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")
     if isinstance(c.propensity, float) and not 0 < c.propensity < 1:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
-    if cfg.features.jitter not in ("none", "mean", "concat"):
-        bad("features.jitter", "none, mean or concat (how jittered copies of a scale join it)", cfg.features.jitter,
-            "pick one")
     if cfg.features.pca < 0:
         bad("features.pca", "0 (no PCA) or a positive number of components", cfg.features.pca, "use e.g. 8")
     cp = cfg.compute
@@ -392,11 +424,11 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if any(f <= 0 for f in sc.factors) or 1.0 not in sc.factors:
         bad("scaling.factors", "positive FLOPs factors including 1 (the base)", list(sc.factors), "e.g. [1, 2, 4, 8]")
     for st in sc.strategies:
-        if st not in ("d", "w", "r", "dw", "dr", "wr", "dwr", "dWr"):
-            bad("scaling.strategies", "names among d, w, r, dw, dr, wr, dwr, dWr", st, "fix the name")
+        if st not in STRATEGIES:
+            bad("scaling.strategies", f"names among {', '.join(STRATEGIES)}", st, "fix the name")
     for t in cfg.evaluate.targets:
-        if t not in ("AUTOC", "QINI"):
-            bad("evaluate.targets", "AUTOC and/or QINI", t, "use AUTOC or QINI")
+        if t not in TARGETS:
+            bad("evaluate.targets", " and/or ".join(TARGETS), t, f"use {' or '.join(TARGETS)}")
     if cfg.evaluate.n_boot < 2:
         bad("evaluate.n_boot", "at least 2 bootstrap replicates", cfg.evaluate.n_boot, "use 200")
     if cfg.evaluate.q_grid < 1:
@@ -427,3 +459,74 @@ def load_config(path: str | os.PathLike) -> Config:
     if data is not None and not isinstance(data, dict):
         raise ConfigError(str(path), "a mapping at the top level", type(data).__name__, "see params.yaml")
     return config_from_dict(data, source=str(path))
+
+
+def _flow(value: Any) -> str:
+    """A value in YAML flow style (lists and mappings on one line)."""
+    if dataclasses.is_dataclass(value):
+        value = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, tuple):
+        value = [_plain(v) for v in value]
+    return yaml.safe_dump([_plain(value)], default_flow_style=True, sort_keys=False, width=10_000).strip()[1:-1]
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _render(obj: Any, indent: int) -> list[str]:
+    lines = []
+    pad = " " * indent
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        doc = f.metadata.get("doc", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            doc = f"{doc} [{' | '.join(choices)}]" if doc else f"[{' | '.join(choices)}]"
+        comment = f"  # {doc}" if doc else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:{comment}")
+            lines += _render(value, indent + 2)
+        elif isinstance(value, tuple) and value and dataclasses.is_dataclass(value[0]):
+            lines.append(f"{pad}{f.name}:{comment}")
+            lines += [f"{pad}  - {_flow(v)}" for v in value]
+        else:
+            lines.append(f"{pad}{f.name}: {_flow(value)}{comment}")
+    return lines
+
+
+def render_params(data: dict | None = None, sections: Sequence[str] | None = None, header: str = "") -> str:
+    """A complete, commented params file: every key of the schema with its default (the defaults live only
+    in the dataclasses above), overridden by ``data``, for the top-level ``sections`` (default: all).
+
+    The text loads back into the same :class:`Config` (validated before it is returned).
+
+    Raises:
+        ConfigError: when ``data`` is not a valid params mapping.
+    """
+    cfg = config_from_dict(data, source="params")
+    names = [f.name for f in dataclasses.fields(Config)]
+    keep = list(sections) if sections is not None else names
+    unknown = [s for s in keep if s not in names]
+    if unknown:
+        raise ConfigError("sections", f"top-level params sections among {names}", repr(unknown), "fix the names")
+    blocks = []
+    for f in dataclasses.fields(Config):
+        if f.name not in keep:
+            continue
+        value = getattr(cfg, f.name)
+        doc = f.metadata.get("doc", "")
+        if dataclasses.is_dataclass(value):
+            blocks.append("\n".join([f"{f.name}:" + (f"  # {doc}" if doc else "")] + _render(value, 2)))
+        else:
+            blocks.append(f"{f.name}: {_flow(value)}" + (f"  # {doc}" if doc else ""))
+    text = "".join(f"# {line}\n" for line in header.splitlines()) + "\n\n".join(blocks) + "\n"
+    reloaded = config_from_dict(yaml.safe_load(text), source="rendered params")
+    for name in keep:  # the text says what the config says
+        if getattr(reloaded, name) != getattr(cfg, name):
+            raise AssertionError(f"rendered params section {name!r} does not round-trip")  # programming error
+    return text

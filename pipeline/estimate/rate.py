@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ._rate_kernel import bootstrap_statistics
-from .errors import EstimationError
+from ..core.errors import EstimationError
 
 TARGETS = ("AUTOC", "QINI")
 DEFAULT_Q = np.round(np.arange(1, 11) / 10.0, 10)

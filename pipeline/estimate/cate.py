@@ -21,6 +21,7 @@ probability :math:`e` of the trial or an out-of-fold propensity model.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from dataclasses import dataclass
 
@@ -31,7 +32,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
-from .errors import EstimationError
+from ..core.errors import EstimationError
 
 OVERLAP_WARN = 0.05
 AUTO_MIN_CLUSTERS = 8  # linear_correction auto: fewer training clusters than this keep the forest alone
@@ -109,7 +110,9 @@ def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits) -> 
                                   "a single arm", "use fewer folds or check that treatment varies across clusters")
 
 
-def _propensity_model(propensity):
+def propensity_model(propensity):
+    """The propensity 'classifier' of ``cate.propensity``: the known assignment probability, the treated
+    share (``share``) or an out-of-fold logistic model (``estimate``)."""
     if propensity == "estimate":
         return LogisticRegression(max_iter=1000)
     if propensity == "share":
@@ -117,76 +120,54 @@ def _propensity_model(propensity):
     return KnownPropensity(float(propensity))
 
 
-def make_learner(cfg, seed: int):
-    """The CATE learner named by ``cfg.learner``, with explicit nuisance models.
-
-    * ``causal_forest``: econml ``CausalForestDML`` (honest, inference on, nuisance cross-fitting inside);
-    * ``dr_forest``: econml ``ForestDRLearner`` (doubly-robust pseudo-outcomes, honest forest final stage).
-
-    Both have econml's ``fit(Y, T, *, X, W=None, groups=None)`` / ``effect(X)`` / ``effect_interval(X)``.
-    """
-    model_y = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
-                                          n_jobs=cfg.n_jobs, random_state=seed)
-    model_t = _propensity_model(cfg.propensity)
-    if cfg.learner == "dr_forest":
-        from econml.dr import ForestDRLearner
-
-        return ForestDRLearner(model_regression=model_y, model_propensity=model_t, cv=2,
-                               n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
-                               max_samples=cfg.max_samples, honest=True, n_jobs=cfg.n_jobs, random_state=seed)
-    from econml.dml import CausalForestDML
-
-    return CausalForestDML(model_y=model_y, model_t=model_t, discrete_treatment=True, cv=2,
-                           n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
-                           max_samples=cfg.max_samples, honest=True, inference=True, n_jobs=cfg.n_jobs,
-                           random_state=seed)
+def outcome_model(params, seed: int) -> ReproducibleForestRegressor:
+    """The outcome nuisance m(x) = E[Y | X = x]: a random forest of ``params.nuisance_trees`` trees."""
+    return ReproducibleForestRegressor(n_estimators=params.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+                                       n_jobs=params.n_jobs, random_state=seed)
 
 
-def _single_thread_predictions(est) -> None:
-    """econml sums tree predictions from parallel threads in completion order, which changes the last
-    bits between runs; predicting with one thread keeps outputs bitwise reproducible."""
-    models = []
-    final = getattr(est, "ortho_learner_model_final_", None)
-    models += list(getattr(final, "models_cate", None) or [])  # ForestDRLearner: one forest per treatment
-    cate = getattr(est, "model_cate", None)
-    if cate is not None and not callable(cate):  # CausalForestDML: a (multi-output) forest
-        models += list(getattr(cate, "estimators_", [cate]))
-    for forest in models:
-        if hasattr(forest, "n_jobs"):
-            forest.n_jobs = 1
+def causal_forest_options(params) -> dict:
+    """The final-stage forest settings shared by every causal forest the project fits (honest, with
+    inference, so that every CATE comes with a variance)."""
+    return dict(n_estimators=params.n_estimators, min_samples_leaf=params.min_samples_leaf,
+                max_samples=params.max_samples, honest=True, n_jobs=params.n_jobs)
 
 
-def _importances(est) -> np.ndarray | None:
-    imp = getattr(est, "feature_importances_", None)
-    if callable(imp):  # ForestDRLearner: importances of the treatment-1 effect model
-        imp = imp(T=1)
-    return None if imp is None else np.asarray(imp, dtype=float).reshape(-1)
+def oof_nuisances(X: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarray, params, seeds) -> tuple:
+    """Out-of-fold outcome and propensity predictions on the rows given: two inner folds grouped by cluster,
+    fold k's models seeded by ``seeds[k]``. These residualise the final stage's inputs (R-learner)."""
+    from sklearn.model_selection import GroupKFold
+
+    m = np.empty(len(Y))
+    e = np.empty(len(Y))
+    for k, (a, b) in enumerate(GroupKFold(n_splits=2).split(X, groups=groups)):
+        m[b] = outcome_model(params, seeds[k]).fit(X[a], Y[a]).predict(X[b])
+        e[b] = propensity_model(params.propensity).fit(X[a], W[a]).predict_proba(X[b])[:, 1]
+    return m, e
+
+
+def heldout_nuisances(X_train, Y_train, W_train, X_test, params, seed: int, outcome: bool = True) -> tuple:
+    """Outcome (when ``outcome``) and propensity predictions on test rows from models fitted on all training
+    rows (for DR scores): ``(m_test or None, e_test)``."""
+    m = outcome_model(params, seed).fit(X_train, Y_train).predict(X_test) if outcome else None
+    e = propensity_model(params.propensity).fit(X_train, W_train).predict_proba(X_test)[:, 1]
+    return m, e
 
 
 def fit_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits, cfg, seed: int) -> dict:
     """Outcome and propensity nuisances for every split, fitted once and shared by all scale sets.
 
-    For split (fold, train, test): out-of-fold predictions on the training rows (2 inner folds grouped by
-    cluster; these residualise the final forest's inputs) and predictions on the test rows from models
-    fitted on all training rows (for DR scores). Nothing is fitted on the test rows.
+    For split (fold, train, test): out-of-fold predictions on the training rows (:func:`oof_nuisances`,
+    seeds ``seed + 100 fold + k``) and predictions on the test rows from models fitted on all training rows
+    (:func:`heldout_nuisances`, seed ``seed + 1000 + fold``). Nothing is fitted on the test rows.
+    Returns ``{fold: (m_train, e_train, m_test, e_test)}``.
     """
-    from sklearn.model_selection import GroupKFold
-
     groups = np.asarray(clusters)
     out = {}
     for f, tr, te in splits:
         idx = np.flatnonzero(tr)
-        m_tr = np.empty(len(idx))
-        e_tr = np.empty(len(idx))
-        for k, (a, b) in enumerate(GroupKFold(n_splits=2).split(idx, groups=groups[idx])):
-            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
-                                             n_jobs=cfg.n_jobs, random_state=seed + 100 * f + k)
-            m_tr[b] = my.fit(Xn[idx[a]], Y[idx[a]]).predict(Xn[idx[b]])
-            e_tr[b] = _propensity_model(cfg.propensity).fit(Xn[idx[a]], W[idx[a]]).predict_proba(Xn[idx[b]])[:, 1]
-        my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10, max_features=0.5,
-                                         n_jobs=cfg.n_jobs, random_state=seed + 1000 + f)
-        m_te = my.fit(Xn[tr], Y[tr]).predict(Xn[te])
-        e_te = _propensity_model(cfg.propensity).fit(Xn[tr], W[tr]).predict_proba(Xn[te])[:, 1]
+        m_tr, e_tr = oof_nuisances(Xn[idx], Y[idx], W[idx], groups[idx], cfg, [seed + 100 * f + k for k in (0, 1)])
+        m_te, e_te = heldout_nuisances(Xn[tr], Y[tr], W[tr], Xn[te], cfg, seed + 1000 + f)
         out[f] = (m_tr, e_tr, m_te, e_te)
     return out
 
@@ -260,8 +241,8 @@ def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups:
 
 @dataclass
 class FinalFit:
-    """The final stage fitted on one training split: a causal forest on the residuals, optionally after a
-    linear CATE index (``correction == 'ridge'``)."""
+    """The final stage fitted on residualised data: a causal forest, optionally after a linear CATE index
+    (``correction == 'ridge'``)."""
 
     forest: object
     linear: LinearCATE | None
@@ -291,7 +272,7 @@ class FinalFit:
         return (v_forest * imp + v_lin * lin_imp) / (v_forest + v_lin)
 
 
-def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray, cfg, seed: int,
+def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray, params, seed: int,
               correction: str = "none") -> FinalFit:
     """Fit the final stage on residualised data (R-learner form of ``CausalForestDML``'s last step).
 
@@ -309,7 +290,7 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
         loss = {"none": 0.0, "ridge": 0.0}
         for a_idx, b_idx in GroupKFold(n_splits=2).split(X, groups=groups):
             for mode in loss:
-                fit = fit_final(X[a_idx], w_res[a_idx], y_res[a_idx], groups[a_idx], cfg, seed, mode)
+                fit = fit_final(X[a_idx], w_res[a_idx], y_res[a_idx], groups[a_idx], params, seed, mode)
                 pred = fit.predict(X[b_idx])[0]
                 loss[mode] += float(np.sum((y_res[b_idx] - w_res[b_idx] * pred) ** 2))
         correction = min(loss, key=loss.get)
@@ -318,18 +299,200 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
     if correction == "ridge":
         linear = fit_linear_cate(X, w_res, y_res, groups)
         target = y_res - w_res * linear.predict(X)[0]
-    forest = _final_forest(cfg, seed)
+    from econml.grf import CausalForest
+
+    forest = CausalForest(**causal_forest_options(params), inference=True, fit_intercept=True, random_state=seed)
     forest.fit(X, w_res.reshape(-1, 1), target)
     forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
     return FinalFit(forest=forest, linear=linear, correction=correction)
 
 
-def _final_forest(cfg, seed: int):
-    from econml.grf import CausalForest
+class CausalForestCATE(BaseEstimator):
+    """The project's CATE estimator, with econml's shape: ``fit(Y, T, *, X, groups)``, ``effect(X)``,
+    ``effect_interval(X, alpha)``, and scikit-learn's ``get_params`` / ``set_params`` / ``clone``.
 
-    return CausalForest(n_estimators=cfg.n_estimators, min_samples_leaf=cfg.min_samples_leaf,
-                        max_samples=cfg.max_samples, honest=True, inference=True, fit_intercept=True,
-                        n_jobs=cfg.n_jobs, random_state=seed)
+    Stages (Chernozhukov et al.'s double ML, Athey, Tibshirani & Wager's generalized random forests):
+
+    1. **Nuisances**: out-of-fold outcome m(x) = E[Y | X] (a random forest) and propensity e(x)
+       (``propensity``: the trial's known probability, the treated ``share`` or an ``estimate``), on two
+       inner folds grouped by cluster. They may be supplied instead (``fit(..., nuisances=(m, e))``, e.g.
+       fitted once and shared by every scale set).
+    2. **Final stage** on the residuals: an honest causal forest with inference; with
+       ``linear_correction`` ``ridge`` first a ridge R-learner index a + z'b (its sandwich variance is added
+       to the forest's), or ``auto`` choosing between the two on held-out clusters (:func:`fit_final`).
+
+    With ``linear_correction='none'`` and no supplied nuisances, both stages are econml's
+    ``CausalForestDML`` with the same nuisance models (the same algorithm, fitted by econml).
+    ``learner='dr_forest'`` uses econml's ``ForestDRLearner`` (doubly-robust pseudo-outcomes, honest forest)
+    instead, without correction or supplied nuisances.
+
+    Predictions are summed on one thread, so fitted estimators are bitwise reproducible for a
+    ``random_state`` whatever ``n_jobs``.
+
+    Args:
+        learner: ``causal_forest`` or ``dr_forest``.
+        n_estimators: trees of the final forest (a multiple of 4).
+        min_samples_leaf, max_samples: final forest leaf size and subsample fraction (<= 0.5).
+        nuisance_trees: trees of the outcome forest.
+        propensity: known assignment probability, ``share`` or ``estimate``.
+        linear_correction: ``none``, ``ridge`` or ``auto``.
+        n_jobs: threads for fitting.
+        random_state: seed of every random choice of the fit.
+    """
+
+    def __init__(self, learner: str = "causal_forest", n_estimators: int = 200, min_samples_leaf: int = 5,
+                 max_samples: float = 0.45, nuisance_trees: int = 100, propensity: float | str = 0.5,
+                 linear_correction: str = "none", n_jobs: int = -1, random_state: int = 0):
+        self.learner = learner
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_samples = max_samples
+        self.nuisance_trees = nuisance_trees
+        self.propensity = propensity
+        self.linear_correction = linear_correction
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    @classmethod
+    def from_config(cls, cfg, random_state: int) -> "CausalForestCATE":
+        """The estimator described by a :class:`pipeline.core.config.CateConfig`."""
+        names = cls._get_param_names()
+        return cls(**{k: getattr(cfg, k) for k in names if k != "random_state"}, random_state=random_state)
+
+    def _check_params(self) -> None:
+        if self.learner not in ("causal_forest", "dr_forest"):
+            raise EstimationError("learner", "'causal_forest' or 'dr_forest'", repr(self.learner), "pick one")
+        if self.linear_correction not in ("none", "ridge", "auto"):
+            raise EstimationError("linear_correction", "'none', 'ridge' or 'auto'", repr(self.linear_correction),
+                                  "pick one")
+        if self.learner == "dr_forest" and self.linear_correction != "none":
+            raise EstimationError("linear_correction", "'none' with learner dr_forest (the correction is a causal "
+                                  "forest final stage)", repr(self.linear_correction), "use causal_forest")
+
+    def fit(self, Y, T, *, X, W=None, groups=None, nuisances: tuple | None = None) -> "CausalForestCATE":
+        """Fit on outcomes ``Y``, binary treatment ``T`` and features ``X``.
+
+        Args:
+            Y, T, X: outcomes, treatment 0/1 and (n, p) features.
+            W: not supported (controls belong in ``X``); must be None.
+            groups: cluster of each row (the unit of randomization); inner folds never split a cluster.
+                Default: every row its own cluster.
+            nuisances: optional out-of-fold ``(m_hat, e_hat)`` on these rows (never fitted on their own
+                outcomes), used instead of fitting the nuisance models here.
+        """
+        self._check_params()
+        if W is not None:
+            raise EstimationError("W", "None (put controls in X)", "an array", "pass controls as columns of X")
+        X = np.asarray(X, dtype=np.float64)
+        Y = np.asarray(Y, dtype=np.float64).reshape(-1)
+        T = np.asarray(T).reshape(-1)
+        groups = np.arange(len(Y)) if groups is None else np.asarray(groups)
+        self.n_features_in_ = X.shape[1]
+        self.final_ = self.econml_ = None
+        if self.learner == "dr_forest" or (nuisances is None and self.linear_correction == "none"):
+            self.econml_ = self._fit_econml(Y, T, X, groups, nuisances)
+            self.correction_ = "none"
+            return self
+        if nuisances is None:
+            nuisances = oof_nuisances(X, Y, T, groups, self, [self.random_state + k for k in (0, 1)])
+        m, e = nuisances
+        self.final_ = fit_final(X, T - e, Y - m, groups, self, self.random_state, self.linear_correction)
+        self.correction_ = self.final_.correction
+        return self
+
+    def _fit_econml(self, Y, T, X, groups, nuisances):
+        if nuisances is not None:
+            raise EstimationError("nuisances", "None with learner dr_forest", "supplied nuisances",
+                                  "use learner causal_forest")
+        model_y, model_t = outcome_model(self, self.random_state), propensity_model(self.propensity)
+        opts = dict(**causal_forest_options(self), cv=2, random_state=self.random_state)
+        if self.learner == "dr_forest":
+            from econml.dr import ForestDRLearner
+
+            est = ForestDRLearner(model_regression=model_y, model_propensity=model_t, **opts)
+        else:
+            from econml.dml import CausalForestDML
+
+            est = CausalForestDML(model_y=model_y, model_t=model_t, discrete_treatment=True, inference=True, **opts)
+        with _quiet_econml():
+            est.fit(Y, T, X=X, groups=groups)
+        _single_thread_predictions(est)
+        return est
+
+    def _check_fitted(self, X) -> np.ndarray:
+        if not hasattr(self, "correction_"):
+            raise EstimationError("CausalForestCATE", "a fitted estimator", "an unfitted one", "call fit first")
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise EstimationError("X", f"(n, {self.n_features_in_}) features as in fit", f"shape {X.shape}",
+                                  "pass the same columns as in fit")
+        return X
+
+    def effect(self, X) -> np.ndarray:
+        """CATE predictions, (n,)."""
+        X = self._check_fitted(X)
+        if self.econml_ is not None:
+            with _quiet_econml():
+                return np.asarray(self.econml_.effect(X)).reshape(-1)
+        return self.final_.predict(X)[0]
+
+    def effect_interval(self, X, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+        """Two-sided ``1 - alpha`` confidence intervals of the CATE (normal, from the forest's variance plus
+        the index's with a linear correction): ``(lower, upper)``, each (n,)."""
+        X = self._check_fitted(X)
+        if self.econml_ is not None:
+            with _quiet_econml():
+                lo, hi = self.econml_.effect_interval(X, alpha=alpha)
+            return np.asarray(lo).reshape(-1), np.asarray(hi).reshape(-1)
+        from scipy.stats import norm
+
+        point, var = self.final_.predict(X)
+        half = float(norm.ppf(1 - alpha / 2)) * np.sqrt(np.maximum(var, 0.0))
+        return point - half, point + half
+
+    def feature_importances(self, X=None) -> np.ndarray | None:
+        """Importances of the features for the CATE (the final forest's; with a linear index mixed in by
+        variance share over the rows ``X``)."""
+        if self.econml_ is not None:
+            return _importances(self.econml_)
+        return self.final_.importance(self._check_fitted(X))
+
+
+def make_learner(cfg, seed: int) -> CausalForestCATE:
+    """The CATE estimator of a ``CateConfig`` (see :class:`CausalForestCATE`), seeded by ``seed``."""
+    return CausalForestCATE.from_config(cfg, seed)
+
+
+@contextlib.contextmanager
+def _quiet_econml():
+    """Silence econml's warnings that are expected here (scikit-learn FutureWarnings, undetermined
+    covariance of tiny leaves, out-of-bag notes)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
+        warnings.filterwarnings("ignore", message=".*out-of-bag predictions.*")
+        yield
+
+
+def _single_thread_predictions(est) -> None:
+    """econml sums tree predictions from parallel threads in completion order, which changes the last
+    bits between runs; predicting with one thread keeps outputs bitwise reproducible."""
+    models = []
+    final = getattr(est, "ortho_learner_model_final_", None)
+    models += list(getattr(final, "models_cate", None) or [])  # ForestDRLearner: one forest per treatment
+    cate = getattr(est, "model_cate", None)
+    if cate is not None and not callable(cate):  # CausalForestDML: a (multi-output) forest
+        models += list(getattr(cate, "estimators_", [cate]))
+    for forest in models:
+        if hasattr(forest, "n_jobs"):
+            forest.n_jobs = 1
+
+
+def _importances(est) -> np.ndarray | None:
+    imp = getattr(est, "feature_importances_", None)
+    if callable(imp):  # ForestDRLearner: importances of the treatment-1 effect model
+        imp = imp(T=1)
+    return None if imp is None else np.asarray(imp, dtype=float).reshape(-1)
 
 
 @dataclass
@@ -364,19 +527,20 @@ def training_splits(folds: np.ndarray, scheme: str) -> list[tuple[int, np.ndarra
 def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, folds: np.ndarray,
                   cfg, seed: int, with_outcome_model: bool = False, scheme: str = "kfold",
                   progress: bool = False, desc: str = "folds", nuisances: dict | None = None) -> CrossFitResult:
-    """Fit one causal forest per fold on training folds only; predict CATE (and 95 % interval) out of fold.
+    """Fit one :class:`CausalForestCATE` per fold on training folds only; predict the CATE (and its 95 %
+    interval) out of fold.
 
     Args:
         X: (n, p) features. Y: (n,) outcomes. W: (n,) binary treatment. clusters: (n,) cluster labels.
         folds: (n,) fold index from :func:`make_folds`.
-        cfg: a :class:`pipeline.config.CateConfig`.
-        seed: random seed (each fold uses ``seed + fold``).
-        with_outcome_model: also fit an outcome model m(x) = E[Y|X] on the same training folds (DR scores).
+        cfg: a :class:`pipeline.core.config.CateConfig`.
+        seed: random seed (fold f's estimator uses ``seed + f``).
+        with_outcome_model: also predict m(x) = E[Y|X] out of fold (for DR scores).
         scheme: ``kfold`` or ``sequential`` (see :func:`training_splits`); with ``sequential`` the units of
             fold 0 get NaN.
-        nuisances: shared nuisances from :func:`fit_nuisances` (same folds and scheme). When given, only
-            the final causal forest is fitted here, on the residualised outcome and treatment (the
-            R-learner stage of ``CausalForestDML``), and ``m_hat``/``e_hat`` come from the shared models.
+        nuisances: shared nuisances from :func:`fit_nuisances` (same folds and scheme); the estimator then
+            fits only its final stage on the residuals. A linear correction computes them here (seed
+            ``seed``) when none are given.
     """
     X = np.asarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
@@ -390,54 +554,31 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
     tau, lo, hi, e_hat = (np.full(n, np.nan) for _ in range(4))
     m_hat = np.full(n, np.nan) if with_outcome_model else None
     groups = np.asarray(clusters)
-    importances = []
-    correction = cfg.linear_correction
-    corrections = {}
-    if nuisances is None and correction != "none":  # the correction needs the residuals: fit them here
+    if nuisances is None and cfg.linear_correction != "none":  # the correction needs the residuals
         nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)
+    importances, corrections = [], {}
     it = splits
     if progress:
         from tqdm import tqdm
         it = tqdm(splits, desc=desc, unit="fold")
-    z = 1.959963984540054  # 97.5 % normal quantile
     for f, tr, te in it:
+        est = CausalForestCATE.from_config(cfg, seed + f)
         if nuisances is not None:
             m_tr, e_tr, m_te, e_te = nuisances[f]
-            fit = fit_final(X[tr], W[tr] - e_tr, Y[tr] - m_tr, groups[tr], cfg, seed + f, correction)
-            point, var = fit.predict(X[te])
-            se = np.sqrt(np.maximum(var, 0.0))
-            tau[te], lo[te], hi[te] = point, point - z * se, point + z * se
-            e_hat[te] = e_te
-            if with_outcome_model:
-                m_hat[te] = m_te
-            importances.append(fit.importance(X[te]))
-            corrections[int(f)] = fit.correction
-            continue
-        est = make_learner(cfg, seed + f)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=FutureWarning)
-            warnings.filterwarnings("ignore", message=".*Co-variance matrix is undertermined.*")
-            warnings.filterwarnings("ignore", message=".*out-of-bag predictions.*")
-            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
-            _single_thread_predictions(est)
-            tau[te] = est.effect(X[te])
-            lo_f, hi_f = est.effect_interval(X[te], alpha=0.05)
-            imp = _importances(est)
-            if imp is not None:
-                importances.append(imp)
-        lo[te], hi[te] = lo_f.reshape(-1), hi_f.reshape(-1)
-        if cfg.propensity == "estimate":
-            e_model = LogisticRegression(max_iter=1000).fit(X[tr], W[tr])
-            e_hat[te] = e_model.predict_proba(X[te])[:, 1]
-        elif cfg.propensity == "share":
-            e_hat[te] = W[tr].mean()
+            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr], nuisances=(m_tr, e_tr))
         else:
-            e_hat[te] = float(cfg.propensity)
+            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
+            m_te, e_te = heldout_nuisances(X[tr], Y[tr], W[tr], X[te], cfg, seed + 1000 + f, with_outcome_model)
+        tau[te] = est.effect(X[te])
+        lo[te], hi[te] = est.effect_interval(X[te], alpha=0.05)
+        e_hat[te] = e_te
         if with_outcome_model:
-            my = ReproducibleForestRegressor(n_estimators=cfg.nuisance_trees, min_samples_leaf=10,
-                                             max_features=0.5, n_jobs=cfg.n_jobs, random_state=seed + 1000 + f)
-            my.fit(X[tr], Y[tr])
-            m_hat[te] = my.predict(X[te])
+            m_hat[te] = m_te
+        imp = est.feature_importances(X[te])
+        if imp is not None:
+            importances.append(imp)
+        if est.final_ is not None:
+            corrections[int(f)] = est.correction_
     return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat,
                           importance=np.mean(importances, axis=0) if importances else None,
                           corrections=corrections or None)
@@ -490,86 +631,3 @@ def dr_scores(Y, W, tau_hat, m_hat, propensity) -> np.ndarray:
                       stacklevel=2)
     resid = Y - m_hat - (W - e) * tau_hat
     return tau_hat + (W - e) / (e * (1 - e)) * resid
-
-
-def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True) -> pd.DataFrame:
-    """Cross-fit causal forests on every scale set's features and write the cate stage's outputs.
-
-    Two cross-fitting schemes run on the same cluster-grouped folds (shared by all sets):
-
-    * ``kfold`` gives every unit a CATE (``tau_hat``, 95 % interval) from a forest fitted on the other
-      folds: for maps, correlations with a known truth and the AIPW ATE;
-    * ``sequential`` predicts fold k from folds 0..k-1 only (``priority_seq``, NaN in fold 0): the
-      priorities and DR scores (``dr_score_seq``) of the calibrated RATE test (see pipeline.evaluate).
-
-    Writes ``cate.parquet`` (set, unit, cluster, fold, tau_hat, lower, upper, priority_seq), ``dr.parquet``
-    (per unit: W, Y, K-fold DR score, m_hat, propensity, and the sequential DR score, all from the
-    ``cfg.dr_reference`` set) and ``sets.json``.
-    """
-    import json
-    from pathlib import Path
-
-    from .artifacts import read_npy, require, write_json, write_with
-    from .errors import ConfigError
-    from .sites import read_units
-
-    units = read_units(units_path)
-    features_dir, out = Path(features_dir), Path(out_dir)
-    index = json.loads(require(features_dir / "index.json", "the features stage's index.json").read_text())
-    ids = units["unit_id"].astype(str)
-    unknown = set(index["unit_id"]) - set(ids)
-    if unknown:
-        raise EstimationError(str(features_dir / "index.json"), "units that are in units.parquet",
-                              f"{len(unknown)} unknown unit ids", "re-run the features stage")
-    if len(index["unit_id"]) != len(units):  # units dropped upstream (locations outside every scene)
-        units = units.set_index(ids.to_numpy()).loc[index["unit_id"]].reset_index(drop=True)
-    sets = index["sets"]
-    if cfg.dr_reference not in sets:
-        raise ConfigError("cate.dr_reference", f"one of the feature sets {list(sets)}", repr(cfg.dr_reference),
-                          "name a scale set produced by the features stage")
-    Y = units["Y"].to_numpy(dtype=np.float64)
-    W = units["W"].to_numpy(dtype=np.int64)
-    clusters = units["cluster_id"].astype(str).to_numpy()
-    unit_ids = units["unit_id"].astype(str).to_numpy()
-    folds = make_folds(clusters, cfg.folds, seed)
-    rows = []
-    importance = {}
-    corrections = {}
-    ref = ref_seq = None
-    shared = {"kfold": None, "sequential": None}
-    if cfg.shared_nuisance:  # nuisances fitted once on the reference set's features, reused by every set
-        Xn = read_npy(features_dir / f"{cfg.dr_reference}.npy")
-        shared = {sch: fit_nuisances(Xn, Y, W, clusters, training_splits(folds, sch), cfg, seed + off)
-                  for sch, off in (("kfold", 0), ("sequential", 500))}
-    for name in sets:
-        X = read_npy(features_dir / f"{name}.npy")
-        is_ref = name == cfg.dr_reference
-        kf = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=is_ref, scheme="kfold",
-                           progress=progress, desc=f"cate {name} (k-fold)", nuisances=shared["kfold"])
-        sq = crossfit_cate(X, Y, W, clusters, folds, cfg, seed + 500, with_outcome_model=is_ref,
-                           scheme="sequential", progress=progress, desc=f"cate {name} (sequential)",
-                           nuisances=shared["sequential"])
-        rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
-                                  "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
-                                  "priority_seq": sq.tau_hat}))
-        if kf.importance is not None:
-            importance[name] = importance_by_scale(kf.importance, sets[name]["columns"])
-        if kf.corrections is not None:
-            corrections[name] = {"kfold": {str(k): v for k, v in kf.corrections.items()},
-                                 "sequential": {str(k): v for k, v in (sq.corrections or {}).items()}}
-        if is_ref:
-            ref, ref_seq = kf, sq
-    seq_mask = ~np.isnan(ref_seq.tau_hat)
-    seq_scores = np.full(len(Y), np.nan)
-    seq_scores[seq_mask] = dr_scores(Y[seq_mask], W[seq_mask], ref_seq.tau_hat[seq_mask],
-                                     ref_seq.m_hat[seq_mask], ref_seq.e_hat[seq_mask])
-    dr = pd.DataFrame({"unit_id": unit_ids, "cluster_id": clusters, "fold": folds, "W": W, "Y": Y,
-                       "dr_score": dr_scores(Y, W, ref.tau_hat, ref.m_hat, ref.e_hat), "m_hat": ref.m_hat,
-                       "e_hat": ref.e_hat, "tau_ref": ref.tau_hat, "dr_score_seq": seq_scores})
-    table = pd.concat(rows, ignore_index=True)
-    write_with(out / "dr.parquet", lambda tmp: dr.to_parquet(tmp, index=False))
-    write_json(out / "sets.json", {k: v["scales"] for k, v in sets.items()})
-    write_json(out / "importance.json", importance)
-    write_json(out / "corrections.json", {"linear_correction": cfg.linear_correction, "chosen": corrections})
-    write_with(out / "cate.parquet", lambda tmp: table.to_parquet(tmp, index=False))
-    return table

@@ -1,0 +1,67 @@
+"""Procedure ``embed``: every scale of a chip store through every configured encoder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from models import create_encoder, encoder_card
+
+from ..core.artifacts import write_json, write_npy
+from ..core.compute import dask_client, run_ordered
+from ..core.config import Config
+from ..core.layout import ChipStorePaths, EmbeddingPaths, StudyLayout
+from ..imagery.embedding import embed_chips
+from ..imagery.tiling import read_chip_store
+
+
+def _embed_rows(tile_dir: str, scale: str, name: str, in_chans: int, seed: int, start: int, stop: int,
+                batch_size: int, device: str) -> np.ndarray:
+    """Embed rows [start, stop) of one scale of a chip store: the unit of work of a Dask task."""
+    import zarr
+
+    chips = zarr.open_group(str(ChipStorePaths(Path(tile_dir)).chips), mode="r")[scale]
+    enc = create_encoder(name, in_chans=in_chans, seed=seed)
+    return embed_chips(enc, chips[start:stop], batch_size, device)
+
+
+def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.PathLike,
+                progress: bool = True, client=None) -> dict[tuple[str, str], np.ndarray]:
+    """Embed every scale of a chip store with every encoder of ``cfg`` (an ``EmbedConfig``).
+
+    Writes per encoder the (locations x dim) array of every scale (rows in the chip store's location
+    order), the column names and the encoder card (name, family, config, params, digests); see
+    :class:`pipeline.core.layout.EmbeddingPaths`. With a Dask ``client``, each scale is split into
+    partitions of whole batches (aligned with the synchronous batches, so the embeddings are bitwise
+    identical on the CPU); workers read the chip store from the shared filesystem.
+    """
+    locations, chips, _ = read_chip_store(tile_dir)
+    paths = EmbeddingPaths(Path(out_dir))
+    result = {}
+    bands = next(iter(chips.values())).shape[1]
+    for name in cfg.encoders:
+        enc = create_encoder(name, in_chans=bands, seed=seed)
+        for scale, arr in chips.items():
+            if client is not None:
+                step = cfg.batch_size * max(1, 1024 // cfg.batch_size)
+                parts = [(str(tile_dir), scale, name, bands, seed, s, min(s + step, arr.shape[0]), cfg.batch_size,
+                          cfg.device) for s in range(0, arr.shape[0], step)]
+                emb = np.concatenate(run_ordered(client, _embed_rows, parts), axis=0)
+            else:
+                emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
+                                  progress=progress, desc=f"{name}:{scale}", read_threads=cfg.read_threads)
+            write_npy(paths.array(name, scale), emb)
+            result[(name, scale)] = emb
+        names = enc.feature_names() if hasattr(enc, "feature_names") else [f"d{i}" for i in range(enc.embed_dim)]
+        write_json(paths.feature_names(name), names)
+        write_json(paths.card(name), {**encoder_card(enc), "n_locations": len(locations), "scales": list(chips)})
+    return result
+
+
+def run(cfg: Config, out: str | os.PathLike, progress: bool = True) -> dict:
+    """The embed stage: ``out/tile`` into ``out/embed``, on the compute backend of ``cfg.compute``."""
+    layout = StudyLayout(out)
+    with dask_client(cfg.compute) as client:
+        return embed_study(layout.tile.root, cfg.embed, cfg.seed, layout.embed.root, progress, client)
