@@ -21,7 +21,6 @@ from models import create_encoder
 from pipeline.core.artifacts import chip_codec
 from pipeline.imagery.embedding import choose_device, embed_chips, iter_blocks, prepare_encoder
 
-
 CODECS = {"none": lambda: None, "store": chip_codec}
 
 
@@ -62,7 +61,8 @@ def main() -> None:
     chips = rng.uniform(0, 0.4, (args.n, args.bands, args.px, args.px)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         z = zarr.open_group(str(Path(tmp) / "chips.zarr"), mode="w").create_array(
-            "s", shape=chips.shape, chunks=(args.chunk,) + chips.shape[1:], dtype="float32", compressors=CODECS[args.codec]())
+            "s", shape=chips.shape, chunks=(args.chunk,) + chips.shape[1:], dtype="float32",
+            compressors=CODECS[args.codec]())
         z[:] = chips
         enc = create_encoder(args.encoder, in_chans=args.bands, seed=0)
         batches = [torch.from_numpy(chips[i: i + args.batch]) for i in range(0, args.n, args.batch)]
@@ -91,7 +91,8 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
         t_bare, t_ours, t_read = float(np.median(bare)), float(np.median(ours)), float(np.median(read))
         print(f"device {device}; encoder {args.encoder}; {args.n} chips {args.bands}x{args.px}x{args.px}; "
-              f"{'bf16 autocast; ' if gpu else ''}batch {args.batch}; Zarr chunk {args.chunk} ({args.codec}); loader workers {args.workers}; reader threads {args.threads or 'auto'}; median of {args.repeats}")
+              f"{'bf16 autocast; ' if gpu else ''}batch {args.batch}; Zarr chunk {args.chunk} ({args.codec}); "
+              f"loader workers {args.workers}; reader threads {args.threads or 'auto'}; median of {args.repeats}")
         print(f"bare forward (in memory): {args.n / t_bare:9.1f} images/s")
         print(f"store -> loader -> model: {args.n / t_ours:9.1f} images/s   ratio {t_bare / t_ours:.2f}")
         print(f"store -> loader (no model): {args.n / t_read:7.1f} images/s   (the reading bound)")

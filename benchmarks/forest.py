@@ -46,8 +46,8 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from econml.dml import CausalForestDML
 
-    from pipeline.estimate.cate import crossfit_cate, make_folds, make_learner
     from pipeline.core.config import CateConfig
+    from pipeline.estimate.cate import crossfit_cate, make_folds, make_learner
 
     for p in args.p:
         rng = np.random.default_rng(0)

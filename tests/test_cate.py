@@ -7,9 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from pipeline.estimate.cate import crossfit_cate, dr_scores, make_folds
 from pipeline.core.config import CateConfig
 from pipeline.core.errors import EstimationError
+from pipeline.estimate.cate import crossfit_cate, dr_scores, make_folds
 
 SMALL = CateConfig(folds=3, n_estimators=24, nuisance_trees=10, n_jobs=1)
 
@@ -254,7 +254,7 @@ def test_linear_correction_restores_coverage_of_smooth_effects():
 
 
 def test_auto_correction_follows_the_held_out_r_loss():
-    """auto keeps the index for a smooth effect (every fold) and drops it in some folds for a step effect,
+    """Auto keeps the index for a smooth effect (every fold) and drops it in some folds for a step effect,
     where the index costs accuracy; it never does worse than always using the index there."""
     def smooth(X):
         return 1.0 + 0.5 * (X[:, 0] + X[:, 1] + X[:, 3] - X[:, 4])
@@ -283,3 +283,69 @@ def test_linear_correction_with_few_clusters():
     assert np.isfinite(r.tau_hat).all() and np.all(r.lower <= r.upper)
     Xs, w, y, g = _residualised(n_clusters=1, per=30, seed=4)
     assert fit_linear_cate(Xs, w, y, g).alpha == 1e5
+
+
+# --- the estimator ------------------------------------------------------------------------------------------
+
+def test_estimator_has_the_scikit_learn_and_econml_contract():
+    from sklearn.base import clone
+
+    from pipeline.estimate.cate import CausalForestCATE, make_learner
+
+    cfg = CateConfig(folds=3, n_estimators=24, nuisance_trees=10, n_jobs=1, linear_correction="ridge")
+    est = make_learner(cfg, 11)
+    params = est.get_params()
+    assert params["linear_correction"] == "ridge" and params["random_state"] == 11 and params["n_estimators"] == 24
+    assert clone(est).get_params() == params
+    assert not hasattr(est, "final_")  # __init__ only stores
+    X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=8)
+    assert est.fit(Y, W, X=X, groups=clusters) is est
+    tau = est.effect(X[:10])
+    lo, hi = est.effect_interval(X[:10], alpha=0.1)
+    assert tau.shape == lo.shape == hi.shape == (10,) and np.all(lo <= tau) and np.all(tau <= hi)
+    lo2, hi2 = est.effect_interval(X[:10], alpha=0.01)
+    assert np.all(lo2 < lo) and np.all(hi2 > hi)
+    with pytest.raises(EstimationError) as exc:
+        est.effect(X[:3, :2])
+    assert exc.value.where == "X"
+    with pytest.raises(EstimationError):
+        CausalForestCATE().effect(X)
+    with pytest.raises(EstimationError) as exc:
+        CausalForestCATE(learner="dr_forest", linear_correction="ridge").fit(Y, W, X=X)
+    assert exc.value.where == "linear_correction"
+
+
+def test_estimator_without_correction_is_econml_causal_forest_dml():
+    """linear_correction none and no supplied nuisances: the same numbers as econml's CausalForestDML with the
+    same nuisance models and forest settings."""
+    from econml.dml import CausalForestDML
+
+    from pipeline.estimate.cate import CausalForestCATE, KnownPropensity, ReproducibleForestRegressor
+
+    X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=9)
+    ours = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, random_state=3).fit(Y, W, X=X,
+                                                                                                groups=clusters)
+    ref = CausalForestDML(model_y=ReproducibleForestRegressor(n_estimators=10, min_samples_leaf=10, max_features=0.5,
+                                                              n_jobs=1, random_state=3),
+                          model_t=KnownPropensity(0.5), discrete_treatment=True, cv=2, n_estimators=24,
+                          min_samples_leaf=5, max_samples=0.45, honest=True, inference=True, n_jobs=1, random_state=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(Y, W, X=X, groups=clusters)
+        expected = ref.effect(X)
+    np.testing.assert_array_equal(ours.effect(X), expected)
+
+
+def test_estimator_with_supplied_nuisances_never_refits_them():
+    """Supplied out-of-fold nuisances are the residualisation: changing them changes the fit, and the fit on
+    residuals equals fit_final on the same residuals."""
+    from pipeline.estimate.cate import CausalForestCATE, fit_final, oof_nuisances
+
+    X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=10)
+    est = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, linear_correction="auto", random_state=5)
+    m, e = oof_nuisances(X, Y, W, clusters, est, [1, 2])
+    a = est.fit(Y, W, X=X, groups=clusters, nuisances=(m, e)).effect(X)
+    direct = fit_final(X, W - e, Y - m, clusters, est, 5, "auto").predict(X)[0]
+    np.testing.assert_array_equal(a, direct)
+    b = CausalForestCATE(**est.get_params()).fit(Y, W, X=X, groups=clusters, nuisances=(m + 1.0, e)).effect(X)
+    assert not np.array_equal(a, b)

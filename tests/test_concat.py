@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.estimate.concat import concat_features, reduce_embedding, resolve_scale_sets
 from pipeline.core.errors import ConfigError
+from pipeline.estimate.concat import concat_features, reduce_embedding, resolve_scale_sets
 
 
 def test_scale_set_presets():
@@ -48,9 +48,9 @@ def test_reduction_drops_constant_columns_standardises_and_pca():
 @pytest.mark.parametrize("learner_name", ["causal_forest", "dr_forest"])
 def test_multiscale_learner_wraps_any_learner(learner_name):
     """Wrapping a learner equals fitting it on the joined matrix; scales missing at predict time fail."""
+    from pipeline.core.config import CateConfig
     from pipeline.estimate.cate import make_learner
     from pipeline.estimate.concat import MultiScaleLearner
-    from pipeline.core.config import CateConfig
 
     rng = np.random.default_rng(1)
     n = 400

@@ -140,7 +140,7 @@ def test_sigkill_mid_stage_leaves_nothing_complete_and_rerun_is_identical(tiny_s
 
 
 def test_local_dask_cluster_equals_synchronous_bitwise(tiny_study):
-    """tile and embed on a LocalCluster of 2 worker processes write the same bytes as the synchronous run."""
+    """Tile and embed on a LocalCluster of 2 worker processes write the same bytes as the synchronous run."""
     params, out = tiny_study
     cfg = yaml.safe_load(params.read_text())
     sync = {k: v for k, v in digest_tree(out).items() if k.startswith(("tile/", "embed/"))}
@@ -165,8 +165,8 @@ def test_killed_worker_mid_tiling_gives_identical_chips(tiny_study):
     from distributed import Client, LocalCluster
 
     from pipeline.core.config import load_config
-    from pipeline.imagery.scenes import SceneCatalog
     from pipeline.core.units import locations_table, read_units
+    from pipeline.imagery.scenes import SceneCatalog
     from pipeline.imagery.tiling import tile_locations
 
     params, out = tiny_study
@@ -211,7 +211,8 @@ def test_jitter_variant_of_multiscale_concatenation(tiny_study, mode):
     assert {"s240m@j0", "s240m@j1", "s240m@j2"} <= set(manifest["scale"])
     copy = manifest[manifest["scale"] == "s240m@j0"]
     base = manifest[manifest["scale"] == "s240m"]
-    shift = np.hypot(((copy["minx"].to_numpy() - base["minx"].to_numpy())), (copy["miny"].to_numpy() - base["miny"].to_numpy()))
+    shift = np.hypot(copy["minx"].to_numpy() - base["minx"].to_numpy(),
+                     copy["miny"].to_numpy() - base["miny"].to_numpy())
     assert ((shift >= 50 - 1e-6) & (shift <= 150 + 1e-6)).all()
     index = json.loads((out / "features" / "index.json").read_text())
     assert set(index["sets"]) == {"s240m", "s1920m", "all"}  # copies are not scale sets of their own

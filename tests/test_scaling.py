@@ -101,8 +101,8 @@ def test_every_registered_encoder_has_complexity():
 def test_scaling_study_and_its_report(tmp_path):
     """A small scaling study (2 strategies, 2 factors, no timing) writes its table, metrics and a report."""
     from pipeline.core.config import ScalingConfig
-    from pipeline.report.document import write_report
     from pipeline.procedures.scaling import run_scaling_study
+    from pipeline.report.document import write_report
 
     cfg = ScalingConfig(bases=("vit_tiny", "resnet_tiny"), strategies=("dWr", "dr"), factors=(1.0, 4.0),
                         timing=False)

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import REPO, SHARED_DATA
+
 from pipeline.core.config import ConfigError, config_from_dict
 from pipeline.core.errors import UnitsError
 from pipeline.core.units import load_study_units

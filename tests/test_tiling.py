@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from conftest import SHARED_DATA, write_raster
 from pyproj import Transformer
 from rasterio.windows import Window
 
-from conftest import SHARED_DATA, write_raster
 from pipeline.core.config import ScaleConfig
 from pipeline.core.errors import ImageryError, TilingError
 from pipeline.imagery.scenes import SceneCatalog, SceneReader, open_scene

@@ -265,6 +265,11 @@ class StudyLayout:
     def report_html(self) -> Path:
         return self.out / "report.html"
 
+    @staticmethod
+    def study_report(folder: str | os.PathLike) -> Path:
+        """``mscate report``'s default report path: beside the study's params file."""
+        return Path(folder) / "report.html"
+
     def relative(self, path: Path) -> str:
         """``path`` relative to the study folder (the parent of ``out``), as dvc.yaml spells it."""
         return Path(path).relative_to(self.out.parent).as_posix()
@@ -411,7 +416,11 @@ def dvc_yaml(kind: str, *, code_root: str | None, report_title: str | None = Non
         stages[name] = entry
     if report_title:
         stages["report"] = report_stage(report_title, code_root, "scaling" if kind == "scaling" else "study")
-    body = yaml.safe_dump({"stages": stages}, sort_keys=False, width=120)
+    class _Indented(yaml.SafeDumper):  # lists indented under their key, as people write dvc.yaml
+        def increase_indent(self, flow=False, indentless=False):
+            return super().increase_indent(flow, False)
+
+    body = yaml.dump({"stages": stages}, Dumper=_Indented, sort_keys=False, width=200)
     return "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + body
 
 

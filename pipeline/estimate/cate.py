@@ -32,6 +32,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
+from ..core.config import LEARNERS, LINEAR_CORRECTIONS
 from ..core.errors import EstimationError
 
 OVERLAP_WARN = 0.05
@@ -360,11 +361,11 @@ class CausalForestCATE(BaseEstimator):
         return cls(**{k: getattr(cfg, k) for k in names if k != "random_state"}, random_state=random_state)
 
     def _check_params(self) -> None:
-        if self.learner not in ("causal_forest", "dr_forest"):
-            raise EstimationError("learner", "'causal_forest' or 'dr_forest'", repr(self.learner), "pick one")
-        if self.linear_correction not in ("none", "ridge", "auto"):
-            raise EstimationError("linear_correction", "'none', 'ridge' or 'auto'", repr(self.linear_correction),
-                                  "pick one")
+        if self.learner not in LEARNERS:
+            raise EstimationError("learner", f"one of {', '.join(LEARNERS)}", repr(self.learner), "pick one")
+        if self.linear_correction not in LINEAR_CORRECTIONS:
+            raise EstimationError("linear_correction", f"one of {', '.join(LINEAR_CORRECTIONS)}",
+                                  repr(self.linear_correction), "pick one")
         if self.learner == "dr_forest" and self.linear_correction != "none":
             raise EstimationError("linear_correction", "'none' with learner dr_forest (the correction is a causal "
                                   "forest final stage)", repr(self.linear_correction), "use causal_forest")
@@ -475,7 +476,7 @@ def _quiet_econml():
 
 
 def _single_thread_predictions(est) -> None:
-    """econml sums tree predictions from parallel threads in completion order, which changes the last
+    """Econml sums tree predictions from parallel threads in completion order, which changes the last
     bits between runs; predicting with one thread keeps outputs bitwise reproducible."""
     models = []
     final = getattr(est, "ortho_learner_model_final_", None)

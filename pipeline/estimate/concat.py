@@ -15,9 +15,6 @@ Scale-set specifications:
 from __future__ import annotations
 
 import itertools
-import json
-import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np

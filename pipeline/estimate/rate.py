@@ -38,8 +38,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ._rate_kernel import bootstrap_statistics
 from ..core.errors import EstimationError
+from ._rate_kernel import bootstrap_statistics
 
 TARGETS = ("AUTOC", "QINI")
 DEFAULT_Q = np.round(np.arange(1, 11) / 10.0, 10)

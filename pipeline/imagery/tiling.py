@@ -97,7 +97,7 @@ def jitter_offsets(n: int, jitter_m: Sequence[float] | None, seed: int) -> np.nd
 
 
 def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig],
-                method: str, shifts: dict | None = None) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+                method: str, shifts: dict | None = None) -> dict[str, tuple[np.ndarray, ...]]:
     """Chips of every scale for one group of locations, from one read of their covering block.
 
     ``shifts`` optionally displaces the windows of some scales: ``{scale name: (n, 2) metres}`` (the
@@ -505,7 +505,8 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
             "xy": hashlib.sha256(np.ascontiguousarray(np.c_[lon, lat, offsets]).tobytes()).hexdigest(),
             "scenes": [[sc.name, list(sc.paths), sc.width, sc.height, list(sc.transform)] for sc in scenes],
             "scales": [[sc.name, sc.size_m, sc.px] for sc in scales], "kw": repr(sorted(kw.items())),
-            "copies": hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes() for v in copy_offsets.values())).hexdigest(),
+            "copies": hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes()
+                                              for v in copy_offsets.values())).hexdigest(),
             "chunk": chunk_locations}
     digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
     partial = store.partial

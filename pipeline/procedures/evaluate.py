@@ -34,8 +34,13 @@ from scipy import stats
 from ..core.artifacts import require, write_json, write_with
 from ..core.config import Config
 from ..core.layout import CatePaths, EvaluatePaths, StudyLayout
-from ..estimate.inference import (calibration_test, cluster_mean_se, difference_in_means, held_out_selection,
-                                  sequential_rate)
+from ..estimate.inference import (
+    calibration_test,
+    cluster_mean_se,
+    difference_in_means,
+    held_out_selection,
+    sequential_rate,
+)
 from ..report.figures import plot_toc
 
 

@@ -84,7 +84,8 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
              "<h2>Average treatment effect</h2>", _table(("estimator", "estimate", "SE"), ate_rows),
              "<h2>RATE by scale set</h2>",
              "<p>Sequential cross-fitting: each evaluation fold is ranked and scored by models fitted on earlier "
-             "folds; clustered half-sample bootstrap. The RATE Ratio is estimate / SE (|ratio| &gt; 1.96: 5 % test).</p>",
+             "folds; clustered half-sample bootstrap. The RATE Ratio is estimate / SE "
+             "(|ratio| &gt; 1.96: 5 % test).</p>",
              _table(rate_headers, rate_rows, "rate"),
              "<h3>Paired test against the best single scale</h3>", _table(rate_headers, paired_rows),
              f"<p>Held-out choice: <b>{html.escape(str(sel.get('chosen', '')))}</b> chosen on earlier folds; on the "
@@ -95,7 +96,8 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
              "<h2>CATE map</h2>", f'<img alt="CATE map" src="{images["map"]}">',
              "<h2>Which scale carries the heterogeneity</h2>",
              f'<img alt="importance by scale" src="{images["importance"]}">']
-    md = [_md_table(("", ""), summary), "## Average treatment effect", _md_table(("estimator", "estimate", "SE"), ate_rows),
+    md = [_md_table(("", ""), summary),
+          "## Average treatment effect", _md_table(("estimator", "estimate", "SE"), ate_rows),
           "## RATE by scale set", _md_table(rate_headers, rate_rows),
           "## Paired test against the best single scale", _md_table(rate_headers, paired_rows)]
     return parts, md

@@ -11,7 +11,6 @@ from models.errors import EncoderError
 from ..core.config import Config, load_config
 from ..core.errors import PipelineError
 
-
 USER_ERRORS = (PipelineError, EncoderError)
 
 

@@ -21,7 +21,8 @@ import pandas as pd
 import rasterio
 from pyproj import Transformer
 
-DEFAULT_SCENE = Path(__file__).resolve().parents[3] / "shared" / "data" / "scikit_eo_landsat8" / "LC08_003069_20180906_clip.tif"
+DEFAULT_SCENE = (Path(__file__).resolve().parents[3] / "shared" / "data" / "scikit_eo_landsat8"
+                 / "LC08_003069_20180906_clip.tif")
 
 
 def make_standin(out_dir: str | Path, scene: str | Path = DEFAULT_SCENE, n_villages: int = 40,

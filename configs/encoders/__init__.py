@@ -1,0 +1,1 @@
+"""Named encoder presets (``*.yaml``), installed as the package data ``models.presets``."""
