@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("init", help="scaffold a study folder from a units file and scenes")
     p.add_argument("study_dir")
-    p.add_argument("--units", required=True, help=_doc(DataConfig, "units"))
+    p.add_argument("--units", required=True, help="units table: CSV with lon/lat, GeoPackage, GeoParquet or Stata")
     p.add_argument("--scenes", required=True, nargs="+", help="raster files or globs")
     for flag, (key, required) in COLUMN_FLAGS.items():
         default = None if required or key == "cluster_id" else _default(ColumnsConfig, key)
@@ -177,7 +177,8 @@ def main(argv=None) -> int:
         p.add_argument(flag, required=required, default=default,
                        help=f"column: {_doc(ColumnsConfig, key)}{extra}")
     for flag, key in LIST_FLAGS.items():
-        p.add_argument(flag, help=f"comma-separated columns: {_doc(DataConfig, key) or 'as for ' + flag}")
+        kind = "values" if key.endswith("codes") else "columns"
+        p.add_argument(flag, help=f"comma-separated {kind}: {_doc(DataConfig, key)}")
     p.add_argument("--radiometry", default=_default(TileConfig, "radiometry"), help=_doc(TileConfig, "radiometry"))
     p.add_argument("--scales", default="480:16,960:32,1920:32,3840:32", help="size_m:px,... (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing study")

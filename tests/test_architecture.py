@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 # floor of each part of the project; a module may import only from floors below its own (and from its own
