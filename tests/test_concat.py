@@ -69,3 +69,21 @@ def test_multiscale_learner_wraps_any_learner(learner_name):
     reduced = MultiScaleLearner(make_learner(cfg, 3), standardize=True, pca=2).fit(
         Y, W, X={"fine": fine, "coarse": coarse})
     assert reduced.effect({"fine": fine, "coarse": coarse}).shape[0] == n
+
+
+def test_multiscale_learner_defaults_to_the_pipeline_estimator_and_clones():
+    from sklearn.base import clone
+
+    from pipeline.estimate.cate import CausalForestCATE
+    from pipeline.estimate.concat import MultiScaleLearner
+
+    ms = MultiScaleLearner(CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1), scale_set=["a", "b"])
+    assert clone(ms).get_params()["learner__n_estimators"] == 24
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(120, 2)), rng.normal(size=(120, 1))
+    W = rng.integers(0, 2, 120)
+    Y = a[:, 0] * W + rng.normal(size=120)
+    fitted = ms.fit(Y, W, X={"a": a, "b": b})
+    assert isinstance(fitted.learner_, CausalForestCATE) and fitted.learner_ is not ms.learner
+    assert not hasattr(ms.learner, "final_")  # the given learner is never fitted
+    assert isinstance(MultiScaleLearner().fit(Y, W, X={"a": a}).learner_, CausalForestCATE)

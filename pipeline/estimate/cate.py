@@ -1,14 +1,14 @@
-r"""Cross-fitted causal forests, out-of-fold CATEs and doubly-robust scores.
+r"""The CATE estimator, cross-fitting, out-of-fold CATEs and doubly-robust scores.
 
-Honesty contract: units are split into K folds **grouped by cluster** (the unit of randomization). For fold
-k, a causal forest (econml ``CausalForestDML``, honest, with explicit nuisance models whose own internal
-cross-fitting is grouped by cluster) is fitted on the other folds and predicts the CATE of fold k. So every
-unit's ``tau_hat`` comes from a model that never saw that unit's outcome (nor any outcome of its cluster).
+:class:`CausalForestCATE` is the one CATE estimator of the project (econml's ``fit`` / ``effect`` /
+``effect_interval`` shape, scikit-learn's parameters): nuisances (outcome forest, propensity), then an honest
+causal forest on the residuals, optionally after a ridge R-learner index (``linear_correction``), which
+removes the forest's smoothing bias for effects that vary smoothly across many features.
 
-With ``cate.linear_correction`` (``ridge`` / ``auto``) the final stage is fitted here in its R-learner form on
-residuals from :func:`fit_nuisances`: a ridge R-learner index, then the causal forest on the heterogeneity
-that the index leaves (:func:`fit_final`), which removes the forest's smoothing bias for effects that vary
-smoothly across many features.
+Honesty contract of :func:`crossfit_cate`: units are split into K folds **grouped by cluster** (the unit of
+randomization). For fold k, an estimator (whose own inner cross-fitting of the nuisances is also grouped by
+cluster) is fitted on the other folds and predicts the CATE of fold k. So every unit's ``tau_hat`` comes
+from a model that never saw that unit's outcome (nor any outcome of its cluster).
 
 Doubly-robust (AIPW) scores for a binary treatment, as in grf's ``get_scores``:
 

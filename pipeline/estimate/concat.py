@@ -18,6 +18,7 @@ import itertools
 from typing import Mapping, Sequence
 
 import numpy as np
+from sklearn.base import BaseEstimator
 
 from ..core.errors import ConfigError
 
@@ -148,7 +149,7 @@ def reduce_embedding(emb: np.ndarray, standardize: bool, pca: int, where: str) -
     return reducer.transform(emb), reducer.info()
 
 
-class MultiScaleLearner:
+class MultiScaleLearner(BaseEstimator):
     """Multi-scale Concatenation around any single-scale CATE learner.
 
     The learner must have econml's shape: ``fit(Y, T, *, X, W=None, groups=None)``, ``effect(X)`` and
@@ -164,7 +165,8 @@ class MultiScaleLearner:
         standardize, pca: optional per-scale reduction (see :class:`ScaleReducer`).
     """
 
-    def __init__(self, learner=None, scale_set: Sequence[str] | None = None, standardize: bool = False, pca: int = 0):
+    def __init__(self, learner=None, scale_set: Sequence[str] | None = None, standardize: bool = False,
+                 pca: int = 0):
         self.learner = learner
         self.scale_set = scale_set
         self.standardize = standardize

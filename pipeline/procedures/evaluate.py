@@ -1,4 +1,4 @@
-"""Evaluation of cross-fitted CATEs: RATE and RATE Ratio per scale set, paired comparisons, ATE.
+"""Procedure ``evaluate``: RATE and RATE Ratio per scale set, paired comparisons, calibration, ATE.
 
 Procedure (documented in the README):
 
