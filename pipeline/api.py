@@ -31,16 +31,17 @@ from typing import Any, Mapping
 import geopandas as gpd
 import yaml
 
-from .core.config import Config, config_from_dict, load_config
+from .core.config import ColumnsConfig, Config, DataConfig, config_from_dict, load_config
 from .core.layout import StudyLayout, study_stages
 from .core.layout import StudyResult as _StudyResult
 from .core.layout import load_result as _load_result
 
 
 def load_units(path: str | os.PathLike, *, unit_id: str, location_id: str, treatment: str, outcome: str = "",
-               lon: str = "lon", lat: str = "lat", cluster_id: str | None = None, covariates=(),
-               post_treatment=(), treated_codes=(), control_codes=(), outcome_difference=(),
-               missing_outcome: str = "error", missing_covariates: str = "error") -> tuple[gpd.GeoDataFrame, dict]:
+               lon: str = ColumnsConfig.lon, lat: str = ColumnsConfig.lat, cluster_id: str | None = None,
+               covariates=(), post_treatment=(), treated_codes=(), control_codes=(), outcome_difference=(),
+               missing_outcome: str = DataConfig.missing_outcome,
+               missing_covariates: str = DataConfig.missing_covariates) -> tuple[gpd.GeoDataFrame, dict]:
     """Load and validate a units table (CSV with lon/lat, GeoPackage, GeoParquet or Stata) by column names.
 
     Returns the units in the pipeline's schema (``unit_id``, ``location_id``, ``cluster_id``, ``W``, ``Y``,

@@ -224,3 +224,20 @@ def test_stage_graph_matches_entry_points_and_api():
                 for dep in stages[spec.name].get("deps", []):
                     if not dep.startswith("out/"):
                         assert (path.parent / dep).exists(), f"{path}: {dep} does not exist"
+
+
+def test_library_defaults_are_the_schema_defaults():
+    """Keyword defaults of the library functions that mirror params keys come from the schema."""
+    import inspect
+
+    from pipeline.core import config
+    from pipeline.estimate.cate import CausalForestCATE
+    from pipeline.imagery.embedding import embed_chips
+    from pipeline.imagery.tiling import tile_locations
+
+    for func, cls in ((CausalForestCATE, config.CateConfig), (tile_locations, config.TileConfig),
+                      (embed_chips, config.EmbedConfig)):
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        for name, p in inspect.signature(func).parameters.items():
+            if name in defaults and p.default is not inspect.Parameter.empty and p.default is not None:
+                assert p.default == defaults[name], f"{func.__name__}({name}={p.default!r}) != {cls.__name__}"

@@ -32,7 +32,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
-from ..core.config import LEARNERS, LINEAR_CORRECTIONS
+from ..core.config import LEARNERS, LINEAR_CORRECTIONS, CateConfig
 from ..core.errors import EstimationError
 
 OVERLAP_WARN = 0.05
@@ -330,6 +330,8 @@ class CausalForestCATE(BaseEstimator):
     Predictions are summed on one thread, so fitted estimators are bitwise reproducible for a
     ``random_state`` whatever ``n_jobs``.
 
+    Defaults are those of the ``cate`` params section (:class:`pipeline.core.config.CateConfig`).
+
     Args:
         learner: ``causal_forest`` or ``dr_forest``.
         n_estimators: trees of the final forest (a multiple of 4).
@@ -341,9 +343,11 @@ class CausalForestCATE(BaseEstimator):
         random_state: seed of every random choice of the fit.
     """
 
-    def __init__(self, learner: str = "causal_forest", n_estimators: int = 200, min_samples_leaf: int = 5,
-                 max_samples: float = 0.45, nuisance_trees: int = 100, propensity: float | str = 0.5,
-                 linear_correction: str = "none", n_jobs: int = -1, random_state: int = 0):
+    def __init__(self, learner: str = CateConfig.learner, n_estimators: int = CateConfig.n_estimators,
+                 min_samples_leaf: int = CateConfig.min_samples_leaf, max_samples: float = CateConfig.max_samples,
+                 nuisance_trees: int = CateConfig.nuisance_trees, propensity: float | str = CateConfig.propensity,
+                 linear_correction: str = CateConfig.linear_correction, n_jobs: int = CateConfig.n_jobs,
+                 random_state: int = 0):
         self.learner = learner
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf

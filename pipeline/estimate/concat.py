@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from ..core.config import FeaturesConfig
 from ..core.errors import ConfigError
 
 
@@ -165,8 +166,8 @@ class MultiScaleLearner(BaseEstimator):
         standardize, pca: optional per-scale reduction (see :class:`ScaleReducer`).
     """
 
-    def __init__(self, learner=None, scale_set: Sequence[str] | None = None, standardize: bool = False,
-                 pca: int = 0):
+    def __init__(self, learner=None, scale_set: Sequence[str] | None = None,
+                 standardize: bool = FeaturesConfig.standardize, pca: int = FeaturesConfig.pca):
         self.learner = learner
         self.scale_set = scale_set
         self.standardize = standardize

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..core.config import EvaluateConfig
 from .rate import combine_fold_rates, rate
 
 
@@ -40,7 +41,8 @@ def difference_in_means(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray) -> t
     return float(beta[1]), float(np.sqrt(V[1, 1]))
 
 
-def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=None, n_boot=200, seed=0,
+def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=None, n_boot=EvaluateConfig.n_boot,
+                    seed=0,
                     names=None):
     """RATE from sequential cross-fitting: one :func:`rate` per evaluation fold, then
     :func:`combine_fold_rates`.

@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.config import EvaluateConfig
 from ..core.errors import EstimationError
 from ._rate_kernel import bootstrap_statistics
 
@@ -180,7 +181,8 @@ def half_sample_draws(n_clusters: int, n_boot: int, seed: int | None) -> np.ndar
 
 
 def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_weights=None, q=None,
-         n_boot: int = 200, seed: int | None = None, names: Sequence[str] | None = None) -> RATEResult:
+         n_boot: int = EvaluateConfig.n_boot, seed: int | None = None, names: Sequence[str] | None = None
+         ) -> RATEResult:
     """Estimate the RATE (AUTOC or QINI) of one priority rule, or compare two on the same bootstrap draws.
 
     Args:

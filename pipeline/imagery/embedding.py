@@ -16,6 +16,8 @@ import torch
 from models import Encoder
 from models.errors import EncoderError
 
+from ..core.config import EmbedConfig
+
 
 def choose_device(device: str = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; otherwise the named device."""
@@ -208,8 +210,9 @@ def iter_blocks(chips, batch_size: int, pin: bool = False, num_workers: int = 0,
         yield view
 
 
-def embed_chips(encoder: Encoder, chips, batch_size: int = 64, device: str = "auto", num_workers: int = 0,
-                progress: bool = False, desc: str = "embedding", read_threads: int = 0) -> np.ndarray:
+def embed_chips(encoder: Encoder, chips, batch_size: int = EmbedConfig.batch_size, device: str = EmbedConfig.device,
+                num_workers: int = EmbedConfig.num_workers, progress: bool = False, desc: str = "embedding",
+                read_threads: int = EmbedConfig.read_threads) -> np.ndarray:
     """Encode chips (NumPy or Zarr array, locations x bands x px x px) into (locations, embed_dim) float32.
 
     Chunk-aligned blocks of the store are read ahead of the encoder, so that reading overlaps compute: by

@@ -207,9 +207,10 @@ def _tile_job(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales, method: str,
 
 
 def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
-                   scales: Sequence[ScaleConfig], resampling: str = "average", radiometry: Radiometry = "auto",
-                   jitter_m: Sequence[float] | None = None, jitter_seed: int = 0, block_px: int = 1024,
-                   workers: int = 1, on_outside: str = "error", progress: bool = False,
+                   scales: Sequence[ScaleConfig], resampling: str = TileConfig.resampling,
+                   radiometry: Radiometry = TileConfig.radiometry, jitter_m: Sequence[float] | None = None,
+                   jitter_seed: int = TileConfig.jitter_seed, block_px: int = TileConfig.block_px,
+                   workers: int = TileConfig.workers, on_outside: str = TileConfig.on_outside, progress: bool = False,
                    client=None, offsets: np.ndarray | None = None,
                    scale_offsets: dict | None = None) -> ChipSet:
     """Cut chips at every scale for every location, keeping per chip the scene with most valid pixels.
