@@ -200,7 +200,7 @@ def load_study_units(cfg, base_dir: str | os.PathLike) -> tuple[gpd.GeoDataFrame
     """Read a real study's units file, map its columns to the contract and validate it.
 
     Args:
-        cfg: a :class:`pipeline.config.DataConfig`.
+        cfg: a :class:`pipeline.core.config.DataConfig`.
         base_dir: the folder of the params file (``data.root`` is relative to it).
 
     Returns:

@@ -1,8 +1,8 @@
-"""Compiled bootstrap kernel for :mod:`pipeline.rate` (numba; pure-NumPy fallback when numba is absent).
+"""Compiled bootstrap kernel for :mod:`pipeline.estimate.rate` (numba; pure-NumPy fallback when numba is absent).
 
 Every replicate streams once through the units in the full-sample priority order, skipping units whose
 cluster was not drawn: a subset of a sorted order is sorted, so no replicate sorts. Each replicate computes
-exactly what :func:`pipeline.rate._toc_stat` computes on the compressed subset (same additions in the
+exactly what :func:`pipeline.estimate.rate._toc_stat` computes on the compressed subset (same additions in the
 same order for the cumulative sums), including tie averaging and the fractional TOC grid.
 """
 

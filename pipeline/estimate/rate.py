@@ -186,7 +186,7 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     """Estimate the RATE (AUTOC or QINI) of one priority rule, or compare two on the same bootstrap draws.
 
     Args:
-        dr_scores: (n,) doubly-robust scores, e.g. from :func:`pipeline.cate.dr_scores`.
+        dr_scores: (n,) doubly-robust scores, e.g. from :func:`pipeline.estimate.cate.dr_scores`.
         priorities: (n,) or (n, 2) priorities, higher = treat first. They must come from a model that did
             not see these units' outcomes (cross-fitting), or the estimate is biased upwards.
         target: "AUTOC" (mean of the TOC) or "QINI" (TOC weighted by the treated share).

@@ -103,7 +103,7 @@ def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Seq
     ``shifts`` optionally displaces the windows of some scales: ``{scale name: (n, 2) metres}`` (the
     jittered copies of a scale).
 
-    Exact area averaging uses summed-area tables of the block (:mod:`pipeline._area_kernel`); an output
+    Exact area averaging uses summed-area tables of the block (:mod:`pipeline.imagery._area_kernel`); an output
     pixel is the mean over the valid part of its area, and NaN when less than half of its area is valid (a
     sliver of data at a raster edge does not stand for the whole pixel).
     """
@@ -219,7 +219,7 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         catalog: the scenes. location_ids, lon, lat: the locations (EPSG:4326).
         scales: window sizes in metres and output sizes in pixels.
         resampling: ``average`` (exact area weighting) or ``nearest``.
-        radiometry: see :func:`pipeline.imagery.radiometry_for`.
+        radiometry: see :func:`pipeline.imagery.scenes.radiometry_for`.
         jitter_m: optional [min, max] displacement in metres (seeded by ``jitter_seed``).
         block_px: side of the location groups that share one read.
         workers: threads reading and resampling groups in parallel.
