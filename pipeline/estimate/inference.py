@@ -93,6 +93,82 @@ def calibration_test(Y, W, propensity, m_hat, tau_hat, clusters) -> dict:
             "differential_p_one_sided": float(stats.norm.sf(t[1])) if np.isfinite(t[1]) else float("nan")}
 
 
+def _ratio_on_folds(result, idx) -> tuple[float, float, float]:
+    """Mean RATE of a sequential result over the evaluation folds ``idx`` (positions), its SE and ratio."""
+    est = float(np.mean([result.fold_estimates[i] for i in idx]))
+    se = float(np.sqrt(np.sum([result.fold_std_errs[i] ** 2 for i in idx])) / len(idx))
+    return est, se, est / se if se > 0 else float("nan")
+
+
+def earlier_fold_choices(candidates: dict) -> list:
+    """For each evaluation fold j (in fold order), the candidate with the highest RATE Ratio on the
+    evaluation folds before j (None for the first evaluation fold, which has none).
+
+    Args:
+        candidates: ``{name: RATEResult}`` from :func:`sequential_rate`, all on the same evaluation folds.
+    """
+    n_folds = min(len(r.fold_estimates) for r in candidates.values())
+    choices: list = [None]
+    for j in range(1, n_folds):
+        scored = {name: _ratio_on_folds(r, range(j))[2] for name, r in candidates.items()}
+        finite = {k: v for k, v in scored.items() if np.isfinite(v)}
+        choices.append(max(finite, key=finite.get) if finite else None)
+    return choices
+
+
+def paired_against_earlier_choice(scores, reference, candidates: dict, clusters, folds, *, targets, q=None,
+                                  n_boot=EvaluateConfig.n_boot, seed=0, candidate_results: dict | None = None,
+                                  names=("reference", "comparator")) -> dict:
+    """Paired RATE test of ``reference`` priorities against the best candidate, with no choice on the data
+    it tests.
+
+    For evaluation fold k the comparator is the candidate with the highest RATE Ratio (first target) on the
+    evaluation folds before k (:func:`earlier_fold_choices`); the first evaluation fold only serves the
+    choice. Fold k's paired difference then has mean zero given the earlier folds when the two rules are
+    equally good, so the fold statistics form a martingale difference sequence as in
+    :func:`sequential_rate` (same seeds per fold, so the draws are those of the single-set tests).
+    Choosing the comparator on the tested folds instead favours it (and under no heterogeneity rejects too
+    often in its favour).
+
+    Args:
+        scores: sequential DR scores (NaN where not evaluated). reference: (n,) priorities.
+        candidates: ``{name: (n,) priorities}`` to choose the comparator from.
+        clusters, folds: cluster and fold of every unit.
+        targets: RATE targets to test; the first one chooses the comparator.
+        candidate_results: optional ``{name: RATEResult}`` of the candidates for the first target (as
+            computed by :func:`sequential_rate` with the same seed), to avoid recomputing them.
+
+    Returns:
+        ``{"comparator_by_fold": {fold: name or None}, "folds_tested": [...], target: RATEResult, ...}``, or
+        ``{"note": ...}`` when fewer than two evaluation folds exist.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    folds, clusters = np.asarray(folds), np.asarray(clusters)
+    eval_folds = np.unique(folds[np.isfinite(scores)])
+    if len(eval_folds) < 2:
+        return {"note": "needs at least 2 evaluation folds (one to choose the comparator, one to test it)"}
+    first = targets[0]
+    if candidate_results is None:
+        candidate_results = {name: sequential_rate(scores, prio, clusters, folds, target=first, q=q, n_boot=n_boot,
+                                                   seed=seed) for name, prio in candidates.items()}
+    choices = earlier_fold_choices(candidate_results)
+    tested = np.full(len(scores), np.nan)
+    comparator = np.full(len(scores), np.nan)
+    for f, choice in zip(eval_folds, choices):
+        if choice is None:
+            continue
+        m = folds == f
+        tested[m] = scores[m]
+        comparator[m] = np.asarray(candidates[choice], dtype=np.float64)[m]
+    prio = np.column_stack([np.asarray(reference, dtype=np.float64), comparator])
+    out: dict = {"comparator_by_fold": {str(int(f)): c for f, c in zip(eval_folds, choices)},
+                 "folds_tested": [int(f) for f, c in zip(eval_folds, choices) if c is not None]}
+    for target in targets:
+        out[target] = sequential_rate(tested, prio, clusters, folds, target=target, q=q, n_boot=n_boot, seed=seed,
+                                      names=list(names))
+    return out
+
+
 def held_out_selection(fold_results: dict, target: str) -> dict:
     """Choose a scale set on all evaluation folds but the last, and test the choice on the last one.
 
@@ -105,15 +181,10 @@ def held_out_selection(fold_results: dict, target: str) -> dict:
     if n_folds < 2:
         return {"note": "needs at least 2 evaluation folds"}
 
-    def ratio(r, idx):
-        est = np.mean([r.fold_estimates[i] for i in idx])
-        se = np.sqrt(np.sum([r.fold_std_errs[i] ** 2 for i in idx])) / len(idx)
-        return est, se, est / se if se > 0 else float("nan")
-
     select = list(range(n_folds - 1))
-    scored = {name: ratio(r, select)[2] for name, r in per_set.items()}
+    scored = {name: _ratio_on_folds(r, select)[2] for name, r in per_set.items()}
     chosen = max(scored, key=lambda k: scored[k])
-    est, se, rr = ratio(per_set[chosen], [n_folds - 1])
+    est, se, rr = _ratio_on_folds(per_set[chosen], [n_folds - 1])
     return {"target": target, "chosen": chosen, "ratio_on_selection_folds": scored,
             "held_out": {"estimate": float(est), "std_err": float(se), "ratio": float(rr),
                          "p_value": float(2 * stats.norm.sf(abs(rr))) if np.isfinite(rr) else float("nan")},
