@@ -191,6 +191,10 @@ def test_paired_comparator_is_chosen_on_earlier_folds_only():
     one = paired_against_earlier_choice(np.where(folds == 1, scores, np.nan), prios["all"], singles, clusters,
                                         folds, targets=["AUTOC"], n_boot=50, seed=4)
     assert "note" in one and "AUTOC" not in one
+    flat = {k: np.where(np.isfinite(v), 1.0, np.nan) for k, v in singles.items()}  # constant: no ratio
+    none = paired_against_earlier_choice(scores, prios["all"], flat, clusters, folds, targets=["AUTOC"], n_boot=50,
+                                         seed=4)
+    assert "note" in none and "AUTOC" not in none
 
 
 @pytest.mark.slow

@@ -140,7 +140,7 @@ def paired_against_earlier_choice(scores, reference, candidates: dict, clusters,
 
     Returns:
         ``{"comparator_by_fold": {fold: name or None}, "folds_tested": [...], target: RATEResult, ...}``, or
-        ``{"note": ...}`` when fewer than two evaluation folds exist.
+        ``{"note": ...}`` when fewer than two evaluation folds exist or no comparator can be chosen.
     """
     scores = np.asarray(scores, dtype=np.float64)
     folds, clusters = np.asarray(folds), np.asarray(clusters)
@@ -160,9 +160,12 @@ def paired_against_earlier_choice(scores, reference, candidates: dict, clusters,
         m = folds == f
         tested[m] = scores[m]
         comparator[m] = np.asarray(candidates[choice], dtype=np.float64)[m]
-    prio = np.column_stack([np.asarray(reference, dtype=np.float64), comparator])
     out: dict = {"comparator_by_fold": {str(int(f)): c for f, c in zip(eval_folds, choices)},
                  "folds_tested": [int(f) for f, c in zip(eval_folds, choices) if c is not None]}
+    if not out["folds_tested"]:  # e.g. constant priorities on the earlier folds: no ratio to choose by
+        return {"note": "no comparator could be chosen: no single scale has a finite RATE Ratio on earlier folds",
+                "comparator_by_fold": out["comparator_by_fold"]}
+    prio = np.column_stack([np.asarray(reference, dtype=np.float64), comparator])
     for target in targets:
         out[target] = sequential_rate(tested, prio, clusters, folds, target=target, q=q, n_boot=n_boot, seed=seed,
                                       names=list(names))

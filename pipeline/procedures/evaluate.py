@@ -129,7 +129,7 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
             q=q, n_boot=cfg.n_boot, seed=seed, candidate_results={s: fold_results[first][s] for s in singles},
             names=(cfg.reference_set, "best earlier single"))
         metrics["paired"] = {"reference": cfg.reference_set, "note": paired.get("note", PAIRED_NOTE)}
-        if "comparator_by_fold" in paired:
+        if "folds_tested" in paired:
             chosen = [c for c in paired["comparator_by_fold"].values() if c is not None]
             label = chosen[0] if len(set(chosen)) == 1 else "best single (per fold, chosen on earlier folds)"
             metrics["paired"].update({"best_single": label, "comparator_by_fold": paired["comparator_by_fold"],
