@@ -239,6 +239,37 @@ def test_constant_priorities_warn():
 
 
 @pytest.mark.parametrize("target", ["AUTOC", "QINI"])
+def test_constant_priorities_give_zero_and_no_ratio(target):
+    """Constant priorities rank nobody first: RATE 0, SE 0 and an undefined ratio, never rounding noise
+    divided by rounding noise (scores with a large mean used to give about 2e-15 / 1e-15 = 1.6)."""
+    rng = np.random.default_rng(3)
+    scores = 1e3 + rng.normal(size=400) * 7.1
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = rate(scores, np.full(400, 0.37), target=target, clusters=np.arange(400) // 4, n_boot=50, seed=0)
+        paired = rate(scores, np.column_stack([scores, np.full(400, 0.37)]), target=target,
+                      clusters=np.arange(400) // 4, n_boot=50, seed=0)
+    assert res.estimate == 0.0 and res.std_err == 0.0 and np.isnan(res.ratio) and np.isnan(res.p_value())
+    assert (res.toc["estimate"] == 0).all()
+    assert paired.estimates[1] == 0.0 and paired.estimate == paired.estimates[0]
+
+
+def test_priorities_tied_at_15_significant_digits_as_in_grf():
+    """grf groups priorities through R's as.factor (text with 15 significant digits): 0.1 + 0.2 and 0.3 are
+    one tie group there, and so here; values that differ within 15 digits stay distinct."""
+    rng = np.random.default_rng(4)
+    scores = rng.normal(size=200)
+    near = np.where(np.arange(200) % 2 == 0, 0.1 + 0.2, 0.3)
+    assert near[0] != near[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert rate(scores, near, n_boot=10, seed=0).estimate == 0.0
+    distinct = np.where(np.arange(200) % 2 == 0, 0.3 + 1e-13, 0.3)
+    tied_ref = rate(scores, (np.arange(200) % 2 == 0).astype(float), n_boot=10, seed=0)
+    assert rate(scores, distinct, n_boot=10, seed=0).estimate == pytest.approx(tied_ref.estimate, abs=1e-14)
+
+
+@pytest.mark.parametrize("target", ["AUTOC", "QINI"])
 @pytest.mark.parametrize("ties", [False, True])
 def test_bootstrap_kernel_equals_subset_statistic(target, ties):
     """The streaming kernel (compiled and pure Python) equals the NumPy statistic on each half sample."""

@@ -112,6 +112,14 @@ def _dense_rank(x: np.ndarray) -> np.ndarray:
     return np.unique(x, return_inverse=True)[1].reshape(-1)
 
 
+def priority_rank(x: np.ndarray) -> np.ndarray:
+    """Dense ranks of priorities with grf's ties: R's ``as.factor`` compares numbers as text with 15
+    significant digits, so values that differ only beyond the 15th digit (``0.1 + 0.2`` and ``0.3``) are tied
+    there, and here."""
+    x = np.asarray(x, dtype=np.float64)
+    return _dense_rank(np.char.mod("%.15g", x).astype(np.float64))
+
+
 def _validate_q(q) -> np.ndarray:
     q = DEFAULT_Q if q is None else np.atleast_1d(np.asarray(q, dtype=np.float64))
     if q.ndim != 1 or q.size == 0 or not np.all(np.diff(q) > 0) or q[0] <= 0 or q[-1] != 1:
@@ -241,12 +249,15 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     q = _validate_q(q)
     k = pr.shape[1]
     labels = list(names) if names is not None else ["priority1", "priority2"][:k]
+    ranks = [priority_rank(pr[:, j]) for j in range(k)]
+    constant = [bool(np.all(r == 0)) for r in ranks]
     for j in range(k):
-        if np.ptp(pr[:, j]) == 0:
-            warnings.warn(f"priorities[{labels[j]}] is constant: its RATE is 0 by construction", stacklevel=2)
+        if constant[j]:
+            warnings.warn(f"priorities[{labels[j]}] is constant: its RATE is 0 by construction (and its RATE "
+                          "Ratio undefined)", stacklevel=2)
 
     drw = dr * w
-    rules = [_Sorted(_dense_rank(pr[:, j]), drw, w, cl) for j in range(k)]
+    rules = [_Sorted(ranks[j], drw, w, cl) for j in range(k)]
     t0 = np.stack([r.statistic(None, q, target) for r in rules])  # (k, 1 + len(q))
 
     chosen = half_sample_draws(n_clusters, n_boot, seed)
@@ -254,6 +265,10 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     for j, r in enumerate(rules):
         boot[:, j] = bootstrap_statistics(r.drw, r.w, r.group, r.cluster, chosen, r.has_ties, r.n_groups, q,
                                           target == "QINI")
+    for j in range(k):  # a constant rule ranks nobody first: its TOC and RATE are 0 exactly, not rounding noise
+        if constant[j]:
+            t0[j] = 0.0
+            boot[:, j] = 0.0
 
     est = t0
     se = boot.std(axis=0, ddof=1) if n_boot >= 2 else np.zeros_like(t0)
