@@ -161,3 +161,18 @@ def test_report_renders_in_headless_chromium(tmp_path):
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     coloured = (np.abs(img - img.mean(axis=2, keepdims=True)).sum(axis=2) > 60).mean()
     assert coloured > 0.01  # the figures drew coloured lines, points and bars
+
+
+def test_report_markdown_escapes_user_strings():
+    """User strings (titles, scale and set names) go into report.md as literal text: no extra table cells,
+    no HTML, no links, no headings (#15 item 11)."""
+    from pipeline.report.document import _md_table, md_escape
+
+    hostile = "s|1 <script>alert(1)</script> [x](http://e) *b*\n# head"
+    table = _md_table(("set", "RATE"), [(hostile, 0.5)])
+    row = table.splitlines()[2]
+    assert row.count("|") - row.count("\\|") == 3  # still two cells
+    assert "<script>" not in table and "&lt;script&gt;" in table
+    assert "[x](" not in table and "\\[x\\]" in table
+    assert "\n#" not in md_escape(hostile) and "\\# head" in md_escape(hostile)
+    assert md_escape("0.25") == "0.25" and md_escape("all - s240m") == "all - s240m"  # numbers stay readable

@@ -36,9 +36,18 @@ def _table(headers, rows, cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+_MD_SPECIAL = str.maketrans({c: "\\" + c for c in "\\`*_[]|~#"} | {"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md_escape(value) -> str:
+    """``value`` as literal Markdown text on one line: every character with a Markdown (or HTML) meaning is
+    escaped, so user strings (titles, scale and set names) can never add markup, links or table cells."""
+    return " ".join(str(value).split()).translate(_MD_SPECIAL)
+
+
 def _md_table(headers, rows) -> str:
-    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
+    lines = ["| " + " | ".join(map(md_escape, headers)) + " |", "|" + "---|" * len(headers)]
+    return "\n".join(lines + ["| " + " | ".join(map(md_escape, r)) + " |" for r in rows])
 
 
 def _study_sections(out) -> tuple[list[str], list[str]]:
@@ -134,7 +143,7 @@ def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "
     if not (has_study or has_scaling):
         raise ArtifactError(str(out), "an evaluated study (evaluate/metrics.json) or a scaling study",
                             "neither", "run the study first (dvc repro or mscate run)")
-    parts, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {title}"]
+    parts, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {md_escape(title)}"]
     for present, sections in ((has_study, _study_sections), (has_scaling, _scaling_sections)):
         if present:
             p, m = sections(out)
@@ -145,6 +154,6 @@ def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "
     doc = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{css}</style></head><body>{''.join(parts)}</body></html>")
     write_with(path, lambda t: Path(t).write_text(doc))
-    md.append(f"Figures: see {path.name}.")
+    md.append(f"Figures: see {md_escape(path.name)}.")
     write_with(path.with_suffix(".md"), lambda t: Path(t).write_text("\n\n".join(md) + "\n"))
     return path
