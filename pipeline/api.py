@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import geopandas as gpd
 import yaml
 
+from .core.artifacts import write_with
 from .core.config import ColumnsConfig, Config, DataConfig, config_from_dict, load_config
 from .core.layout import StudyLayout, study_stages
 from .core.layout import StudyResult as _StudyResult
@@ -89,8 +90,8 @@ class Study:
         self.params_path = self.folder / "params.yaml"
         if params is not None:
             cfg = config_from_dict(dict(params), source="params")  # validate before writing anything
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self.params_path.write_text(yaml.safe_dump(_plain(params), sort_keys=False))
+            text = yaml.safe_dump(_plain(params), sort_keys=False)
+            write_with(self.params_path, lambda tmp: tmp.write_text(text))  # a typed error if not writable
             self.config = cfg
         else:
             self.config = load_config(self.params_path)

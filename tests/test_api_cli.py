@@ -176,3 +176,21 @@ def test_report_markdown_escapes_user_strings():
     assert "[x](" not in table and "\\[x\\]" in table
     assert "\n#" not in md_escape(hostile) and "\\# head" in md_escape(hostile)
     assert md_escape("0.25") == "0.25" and md_escape("all - s240m") == "all - s240m"  # numbers stay readable
+
+
+def test_unwritable_study_folder_is_a_typed_error(tmp_path, monkeypatch):
+    """A read-only study folder gives a one-line ArtifactError naming it, not a PermissionError traceback,
+    and nothing half-written (#15 item 8)."""
+    import tempfile
+
+    import pipeline as mc
+    from pipeline.core.errors import ArtifactError
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    with pytest.raises(ArtifactError) as exc:
+        mc.Study(tmp_path / "ro", params={"seed": 1})
+    assert "params.yaml" in exc.value.where and "Permission denied" in exc.value.got
+    assert not (tmp_path / "ro" / "params.yaml").exists()

@@ -50,6 +50,11 @@ def test_wrong_type_names_key():
     ({"cate": {"linear_correction": "ridge", "learner": "dr_forest"}}, "cate.linear_correction"),
     ({"embed": {"read_threads": -1}}, "embed.read_threads"),
     ({"embed": {"num_workers": -2}}, "embed.num_workers"),
+    ({"tile": {"scales": [{"name": ".", "size_m": 100.0, "px": 8}]}}, "tile.scales[0].name"),
+    ({"tile": {"scales": [{"name": "..", "size_m": 100.0, "px": 8}]}}, "tile.scales[0].name"),
+    ({"tile": {"scales": [{"name": "a\\b", "size_m": 100.0, "px": 8}]}}, "tile.scales[0].name"),
+    ({"tile": {"scales": [{"name": "a@j0", "size_m": 100.0, "px": 8}]}}, "tile.scales[0].name"),
+    ({"tile": {"scales": [{"name": "", "size_m": 100.0, "px": 8}]}}, "tile.scales[0].name"),
 ])
 def test_invalid_values(data, key):
     with pytest.raises(ConfigError) as exc:
@@ -77,3 +82,37 @@ def test_config_is_frozen(tiny_params):
     with pytest.raises(Exception):
         cfg.seed = 3  # type: ignore[misc]
     assert yaml.safe_dump(tiny_params)
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_yaml_alias_bomb_is_refused_fast_with_a_short_message(tmp_path, depth):
+    """A few hundred bytes of nested YAML aliases expand to billions of values: refused before anything
+    walks or prints them, with a one-line message of bounded length (#15 item 8)."""
+    import time
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefghi"[: 5 + depth]):
+        prev = "abcdefghi"[i]
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    path = tmp_path / "params.yaml"  # the last alias holds 10 ** (5 + depth) strings
+    path.write_text("\n".join(lines[:-1]) + f"\ntile: {{scales: *{'abcdefghi'[4 + depth]}}}\n")
+    assert len(path.read_bytes()) < 1000
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert time.perf_counter() - t0 < 5
+    assert len(str(exc.value)) < 1500 and "alias" in str(exc.value)
+
+
+def test_self_referencing_alias_is_refused(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("tile: &t {scales: [*t]}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert "alias" in str(exc.value)
+
+
+def test_error_messages_stay_one_bounded_line():
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"seed": "x" * 100_000 + "\nsecond line"})
+    assert len(str(exc.value)) < 1500 and "\n" not in str(exc.value)

@@ -255,8 +255,10 @@ def test_constant_priorities_give_zero_and_no_ratio(target):
 
 
 def test_priorities_tied_at_15_significant_digits_as_in_grf():
-    """grf groups priorities through R's as.factor (text with 15 significant digits): 0.1 + 0.2 and 0.3 are
-    one tie group there, and so here; values that differ within 15 digits stay distinct."""
+    """Priorities are grouped as grf does through R's as.factor (text with 15 significant digits).
+
+    0.1 + 0.2 and 0.3 are one tie group there, and so here; values that differ within 15 digits stay distinct.
+    """
     rng = np.random.default_rng(4)
     scores = rng.normal(size=200)
     near = np.where(np.arange(200) % 2 == 0, 0.1 + 0.2, 0.3)

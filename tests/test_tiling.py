@@ -370,3 +370,31 @@ def test_chunked_store_resumes_after_interruption(tmp_path, ramp_raster, monkeyp
     assert a[0] == b[0] and a[2].equals(b[2])
     for s in a[1]:
         np.testing.assert_array_equal(a[1][s], b[1][s])
+
+
+def test_data_folders_with_glob_characters_are_literal(tmp_path, ramp_raster):
+    """Only the pattern part of a scene path is a glob: a folder named ``study [v1]`` is a folder, and a
+    file that exists is that file (#15 item 8)."""
+    import shutil
+
+    from pipeline.imagery.scenes import resolve_scene_paths
+
+    folder = tmp_path / "study [v1]" / "scenes"
+    folder.mkdir(parents=True)
+    for name in ("a.tif", "b.tif"):
+        shutil.copy(ramp_raster, folder / name)
+    shutil.copy(ramp_raster, folder / "c[1].tif")
+    want = sorted(str(folder / n) for n in ("a.tif", "b.tif"))
+    assert resolve_scene_paths(["scenes/?.tif"], base=tmp_path / "study [v1]") == want
+    assert resolve_scene_paths([str(folder / "?.tif")]) == want
+    assert resolve_scene_paths(["scenes/c[1].tif"], base=tmp_path / "study [v1]") == [str(folder / "c[1].tif")]
+
+
+def test_symlink_loop_is_named_as_such(tmp_path):
+    from pipeline.imagery.scenes import SceneCatalog
+
+    (tmp_path / "a.tif").symlink_to(tmp_path / "b.tif")
+    (tmp_path / "b.tif").symlink_to(tmp_path / "a.tif")
+    with pytest.raises(ImageryError) as exc:
+        SceneCatalog.from_paths([tmp_path / "a.tif"])
+    assert "a.tif" in exc.value.where and "loop" in exc.value.got

@@ -18,12 +18,54 @@ import numpy as np
 from .errors import ArtifactError
 
 
+def missing_reason(path: str | os.PathLike, want: str = "file") -> str:
+    """Why ``path`` cannot be used as a ``want`` ('file' or 'folder'): 'no such file', 'a symbolic link that
+    leads nowhere (broken, or a loop)', 'a folder, not a file', ... (for the 'got' part of an error)."""
+    p = Path(path)
+    try:
+        if p.is_symlink() and not p.exists():
+            return "a symbolic link that leads nowhere (broken, or a loop of links)"
+        if want == "file" and p.is_dir():
+            return "a folder, not a file"
+        if want == "folder" and p.exists() and not p.is_dir():
+            return "a file, not a folder"
+    except OSError as exc:  # e.g. ELOOP or EACCES on a parent
+        return f"an unreachable path ({exc.strerror or exc})"
+    return f"no such {want}"
+
+
+def writable_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) if needed and check it can be written.
+
+    Raises:
+        ArtifactError: naming the folder, when it cannot be created or written (read-only, no permission).
+    """
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(str(folder), "a folder the pipeline can create", f"{exc.strerror or exc}",
+                            "choose another folder or fix its permissions") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ArtifactError(str(folder), "a writable folder", "a read-only folder",
+                            "make it writable (chmod u+w) or choose another folder") from None
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Raises:
+        ArtifactError: when the folder of ``path`` cannot be created or written.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    writable_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    except OSError as exc:
+        raise ArtifactError(str(path), "a file the pipeline can write", f"{exc.strerror or exc}",
+                            "make the folder writable or free some disk space") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -74,7 +116,9 @@ def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
 def require(path: str | os.PathLike, what: str) -> Path:
     path = Path(path)
     if not path.exists():
-        raise ArtifactError(str(path), what, "no such file or folder", "run the upstream stage first (dvc repro)")
+        got = missing_reason(path, "file")
+        raise ArtifactError(str(path), what, "no such file or folder" if got.startswith("no such") else got,
+                            "run the upstream stage first (dvc repro)")
     return path
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,10 @@ JITTER_JOINS = ("none", "mean", "concat")
 TARGETS = ("AUTOC", "QINI")
 MISSING_OUTCOME = ("error", "drop")
 MISSING_COVARIATES = ("error", "impute")
+
+SCALE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,63}")
+MAX_YAML_VALUES = 100_000  # scalars and containers after alias expansion (a params file has a few hundred)
+MAX_YAML_DEPTH = 50
 
 
 def opt(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dataclasses.MISSING,
@@ -357,8 +362,10 @@ def _check_ranges(cfg: Config, source: str) -> None:
                 "give the window width in metres, e.g. 960")
         if sc.px <= 0:
             bad(f"tile.scales[{i}].px", "a positive output size in pixels", sc.px, "use e.g. 32")
-        if not sc.name or "+" in sc.name or "/" in sc.name:
-            bad(f"tile.scales[{i}].name", "a non-empty name without '+' or '/'", sc.name, "rename it")
+        if not SCALE_NAME.fullmatch(sc.name):
+            bad(f"tile.scales[{i}].name", "a name of letters, digits, '_', '-' or '.' not starting with '.' or '-' "
+                "(it names folders and Zarr arrays; '+' joins scale sets and '@' marks jittered copies)", sc.name,
+                "rename it, e.g. s960m")
     d = cfg.data
     if d.outcome_difference and len(d.outcome_difference) != 2:
         bad("data.outcome_difference", "[endline column, baseline column]", list(d.outcome_difference),
@@ -435,8 +442,30 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("evaluate.q_grid", "a positive number of TOC grid points", cfg.evaluate.q_grid, "use 20")
 
 
+def check_yaml_size(data: Any, source: str) -> None:
+    """Refuse loaded YAML that aliases expand into more than :data:`MAX_YAML_VALUES` values or nest deeper
+    than :data:`MAX_YAML_DEPTH` (a few hundred bytes of ``&a [*a, *a, ...]`` reach billions of values; a
+    self-referencing alias never ends), before anything walks or prints it."""
+    count = 0
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_YAML_VALUES or depth > MAX_YAML_DEPTH:
+            what = (f"more than {MAX_YAML_VALUES:,} values once its aliases are expanded" if count > MAX_YAML_VALUES
+                    else f"values nested more than {MAX_YAML_DEPTH} levels deep (or an alias that refers to itself)")
+            raise ConfigError(source, "a params file of ordinary size", what,
+                              "write the values out instead of nesting YAML aliases (&name / *name)")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+            stack.extend((k, depth + 1) for k in value.keys())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
 def config_from_dict(data: dict | None, source: str = "params") -> Config:
     """Build a validated :class:`Config` from a mapping (e.g. loaded YAML)."""
+    check_yaml_size(data, source)
     cfg = _build(Config, data or {}, "", source)
     _check_ranges(cfg, source)
     return cfg
@@ -456,6 +485,10 @@ def load_config(path: str | os.PathLike) -> Config:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), "valid YAML", f"a parse error ({exc})", "fix the YAML syntax") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), "a readable UTF-8 params file", f"{type(exc).__name__} ({exc})",
+                          "check the file's permissions and encoding") from None
+    check_yaml_size(data, str(path))
     if data is not None and not isinstance(data, dict):
         raise ConfigError(str(path), "a mapping at the top level", type(data).__name__, "see params.yaml")
     return config_from_dict(data, source=str(path))

@@ -20,11 +20,24 @@ class PipelineError(Exception):
     """
 
     def __init__(self, where: str, expected: str, got: str, fix: str):
-        self.where = where
-        self.expected = expected
-        self.got = got
-        self.fix = fix
-        super().__init__(f"{where}: expected {expected}; got {got}. Fix: {fix}")
+        self.where = shorten(where)
+        self.expected = shorten(expected)
+        self.got = shorten(got)
+        self.fix = shorten(fix)
+        super().__init__(f"{self.where}: expected {self.expected}; got {self.got}. Fix: {self.fix}")
+
+
+MAX_FIELD = 300
+
+
+def shorten(text, limit: int = MAX_FIELD) -> str:
+    """``text`` on one line and at most ``limit`` characters (long values are cut in the middle), so that an
+    error stays one readable line whatever the input (a huge YAML value, a long list of ids)."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    keep = (limit - 5) // 2
+    return f"{text[:keep]} ... {text[-keep:]}"
 
 
 class ConfigError(PipelineError):

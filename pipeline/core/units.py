@@ -16,7 +16,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
-from .artifacts import write_with
+from .artifacts import missing_reason, write_with
 from .errors import UnitsError
 
 REQUIRED = ("unit_id", "location_id", "cluster_id", "W", "Y")
@@ -157,14 +157,14 @@ def resolve_data_root(cfg, base_dir: str | os.PathLike) -> Path:
     if not root.is_dir():
         how = f"set data.root or the environment variable {cfg.root_env}" if cfg.root_env else "set data.root"
         where = f" ({cfg.source})" if cfg.source else ""
-        raise UnitsError(str(root), "the study's data folder", "no such folder",
+        raise UnitsError(str(root), "the study's data folder", missing_reason(root, "folder"),
                          f"obtain the data{where} and {how} to its location")
     return root
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     if not path.is_file():
-        raise UnitsError(str(path), "a units table", "no such file", "check data.units / data.locations")
+        raise UnitsError(str(path), "a units table", missing_reason(path), "check data.units / data.locations")
     suffix = path.suffix.lower()
     try:
         if suffix == ".csv":

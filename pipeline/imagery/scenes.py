@@ -32,6 +32,7 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 from shapely.geometry import box
 
+from ..core.artifacts import missing_reason
 from ..core.errors import ImageryError
 
 L2_SCALE = 2.75e-5
@@ -122,8 +123,8 @@ class Scene:
 
 
 def _open_meta(path: str):
-    if not Path(path).exists():
-        raise ImageryError(path, "an existing raster file", "no such file", "check the scene path or glob")
+    if not Path(path).is_file():
+        raise ImageryError(path, "an existing raster file", missing_reason(path), "check the scene path or glob")
     try:
         ds = rasterio.open(path)
     except RasterioIOError as exc:
@@ -235,15 +236,39 @@ def group_landsat_products(paths: Iterable[str]) -> tuple[list[Scene], list[str]
     return scenes, other
 
 
+def _literal_prefix(path: Path) -> tuple[Path, str]:
+    """Split ``path`` into its longest existing folder (taken literally, whatever characters it holds) and the
+    rest (the glob pattern)."""
+    parts = path.parts
+    for i in range(len(parts) - 1, 0, -1):
+        head = Path(*parts[:i])
+        if head.is_dir():
+            return head, str(Path(*parts[i:]))
+    return Path("."), str(path)
+
+
 def resolve_scene_paths(patterns: Iterable[str | os.PathLike], base: str | os.PathLike = ".") -> list[str]:
-    """Expand files and globs (relative to ``base``) into a sorted list of paths."""
+    """Expand files and globs (relative to ``base``) into a sorted list of paths.
+
+    Only the pattern part of a path is a glob: ``base`` and the existing folders a pattern starts with are
+    literal (a data folder named ``study [v1]`` is a folder, not a character class), and a name that exists
+    as a file is that file.
+
+    Raises:
+        ImageryError: naming the pattern when nothing matches (or the file is a broken link).
+    """
     out: list[str] = []
     for pat in patterns:
         pat = str(pat)
         p = Path(base) / pat if not os.path.isabs(pat) else Path(pat)
-        hits = sorted(glob.glob(str(p)))
+        if os.path.lexists(p) and not p.is_dir():
+            hits = [str(p)]  # a file named literally (even with glob characters, or a broken link: opened later)
+        else:
+            head, rest = _literal_prefix(p)
+            hits = sorted(glob.glob(os.path.join(glob.escape(str(head)), rest)))
         if not hits:
-            raise ImageryError(pat, "at least one matching raster", "no file", "check the scene path/glob")
+            raise ImageryError(str(p), "at least one matching raster", missing_reason(p) if not glob.has_magic(pat)
+                               else "no file matching the pattern", "check the scene path/glob")
         out.extend(hits)
     return sorted(dict.fromkeys(out))
 
