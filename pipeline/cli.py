@@ -103,13 +103,15 @@ def cmd_init(args) -> None:
     if not units.is_file():
         raise PipelineError(str(args.units), "an existing units file", "no such file", "check the path")
     params = init_params(args)
-    text = render_params(params, INIT_SECTIONS, header=(
-        "Study created by `mscate init`. Run with `dvc repro` in this folder (or `mscate run`).\n"
-        "Every key is documented in the project README (\"Params\"); unknown keys are errors."))
     from .core.config import config_from_dict
 
     cfg = config_from_dict(params, source="params")
-    load_study_units(cfg.data, folder.resolve() if folder.exists() else Path.cwd())  # check the columns now
+    trial, _ = load_study_units(cfg.data, folder.resolve() if folder.exists() else Path.cwd())  # check columns now
+    note = _fit_folds_to_trial(params, cfg, trial)
+    text = render_params(params, INIT_SECTIONS, header=(
+        "Study created by `mscate init`. Run with `dvc repro` in this folder (or `mscate run`).\n"
+        "Every key is documented in the project README (\"Params\"); unknown keys are errors."
+        + (f"\n{note}" if note else "")))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "params.yaml").write_text(text)
     (folder / "dvc.yaml").write_text(dvc_yaml("real", code_root=None, header=(
@@ -128,7 +130,31 @@ def cmd_init(args) -> None:
         Repo.init(str(folder), no_scm=True)
         with open(folder / ".dvc" / "config", "w") as fh:
             fh.write("[core]\n    analytics = false\n    no_scm = true\n")
+    if note:
+        print(f"mscate init: {note}")
     print(f"mscate init: study written to {folder} (params.yaml, dvc.yaml, study.yaml); run `dvc repro` there")
+
+
+def _fit_folds_to_trial(params: dict, cfg, units) -> str:
+    """Lower ``cate.folds`` to the largest number of cross-fitting folds the trial supports (a small cluster
+    trial cannot fill five folds); return a note saying so, or "" when the default fits.
+
+    Raises:
+        EstimationError: when not even two folds fit (says the smallest trial that would).
+    """
+    from .estimate.cate import check_trial_design, cluster_arms, design_problem
+
+    W, clusters = units["W"].to_numpy(), units["cluster_id"].astype(str).to_numpy()
+    k = cfg.cate.folds
+    fits = [j for j in range(k, 1, -1) if design_problem(W, clusters, j, cfg.seed) is None]
+    if not fits:
+        check_trial_design(W, clusters, 2, cfg.seed)  # raises, naming the minimum
+    if fits[0] == k:
+        return ""
+    _, arm = cluster_arms(W, clusters)
+    params.setdefault("cate", {})["folds"] = fits[0]
+    return (f"cate.folds set to {fits[0]} (not {k}): the trial has {len(arm)} clusters ({int(arm.sum())} treated, "
+            f"{int((1 - arm).sum())} control), too few for {k} cross-fitting folds")
 
 
 def _inside_dvc_repo(path: Path) -> bool:

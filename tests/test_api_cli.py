@@ -87,6 +87,40 @@ def init_small_study(tmp_path: Path, name: str) -> dict:
 
 
 @needs_scene
+def test_small_cluster_trial_runs_end_to_end(tmp_path, capsys):
+    """A trial of 50 units in 10 villages: ``mscate init`` lowers cate.folds to what the design supports and
+    says so, and the study runs to the end (it used to crash inside econml's inner folds) (#15 item 1)."""
+    units = new_rct(tmp_path / "data", n_villages=10)
+    assert mscate(init_args(tmp_path / "small", units)) == 0
+    assert "cate.folds set to 2" in capsys.readouterr().out
+    params = yaml.safe_load((tmp_path / "small" / "params.yaml").read_text())
+    assert params["cate"]["folds"] == 2
+    params["cate"].update({"n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1})  # smaller forests, same design
+    (tmp_path / "small" / "params.yaml").write_text(yaml.safe_dump(params))
+    assert mscate(["run", str(tmp_path / "small")]) == 0
+    metrics = json.loads((tmp_path / "small" / "out" / "evaluate" / "metrics.json").read_text())
+    assert metrics["n_clusters"] == 10 and metrics["n_folds"] == 2
+
+
+@needs_scene
+def test_too_small_trial_stops_before_tiling(tmp_path, capsys):
+    """Five folds on ten villages through the API: a one-line error at ingest, before any chip is cut."""
+    import pipeline as mc
+    from pipeline.core.errors import EstimationError
+
+    units = new_rct(tmp_path / "data", n_villages=10)
+    study = mc.Study(tmp_path / "api", params={
+        "data": {"root": str(units.parent), "units": units.name, "scenes": [str(SCENE)],
+                 "columns": {"unit_id": "unit", "location_id": "village", "cluster_id": "village",
+                             "W": "treated", "Y": "y"}},
+        "tile": {"scales": [{"name": "s480m", "size_m": 480, "px": 8}]}})
+    with pytest.raises(EstimationError) as exc:
+        study.run()
+    assert exc.value.where == "cate.folds" and "set cate.folds to 2" in exc.value.fix
+    assert not (tmp_path / "api" / "out" / "tile").exists()
+
+
+@needs_scene
 def test_init_then_stages_equals_api(tmp_path):
     import pipeline as mc
 

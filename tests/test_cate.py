@@ -320,14 +320,15 @@ def test_estimator_without_correction_is_econml_causal_forest_dml():
     same nuisance models and forest settings."""
     from econml.dml import CausalForestDML
 
-    from pipeline.estimate.cate import CausalForestCATE, KnownPropensity, ReproducibleForestRegressor
+    from pipeline.estimate.cate import CausalForestCATE, KnownPropensity, ReproducibleForestRegressor, inner_splits
 
     X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=9)
     ours = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, random_state=3).fit(Y, W, X=X,
                                                                                                 groups=clusters)
     ref = CausalForestDML(model_y=ReproducibleForestRegressor(n_estimators=10, min_samples_leaf=10, max_features=0.5,
                                                               n_jobs=1, random_state=3),
-                          model_t=KnownPropensity(0.5), discrete_treatment=True, cv=2, n_estimators=24,
+                          model_t=KnownPropensity(0.5), discrete_treatment=True, cv=inner_splits(W, clusters, 3),
+                          n_estimators=24,
                           min_samples_leaf=5, max_samples=0.45, honest=True, inference=True, n_jobs=1, random_state=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -349,3 +350,62 @@ def test_estimator_with_supplied_nuisances_never_refits_them():
     np.testing.assert_array_equal(a, direct)
     b = CausalForestCATE(**est.get_params()).fit(Y, W, X=X, groups=clusters, nuisances=(m + 1.0, e)).effect(X)
     assert not np.array_equal(a, b)
+
+
+def _small_trial(n_clusters: int, per: int, seed: int, treated: int | None = None):
+    rng = np.random.default_rng(seed)
+    clusters = np.repeat(np.arange(n_clusters), per)
+    arm = np.zeros(n_clusters, dtype=int)
+    arm[rng.permutation(n_clusters)[: treated if treated is not None else n_clusters // 2]] = 1
+    W = arm[clusters]
+    X = rng.normal(size=(len(W), 3))
+    Y = rng.normal(size=len(W)) + W * (1 + X[:, 0])
+    return X, Y, W, clusters.astype(str)
+
+
+def test_folds_and_inner_splits_are_stratified_by_arm():
+    from pipeline.estimate.cate import cluster_arms, inner_splits
+
+    for seed in range(20):
+        X, Y, W, clusters = _small_trial(11, 3, seed, treated=5)
+        folds = make_folds(clusters, 3, seed, treatment=W)
+        labels, arm = cluster_arms(W, clusters)
+        fold_of = {c: f for c, f in zip(clusters, folds)}
+        per_fold = np.array([[sum(1 for c, a in zip(labels, arm) if fold_of[c] == f and a == t) for t in (0, 1)]
+                             for f in range(3)])
+        assert (per_fold.max(axis=0) - per_fold.min(axis=0) <= 1).all()  # each arm spread evenly over folds
+        for train, test in inner_splits(W, clusters, seed):
+            assert set(W[train]) == {0, 1} and not set(clusters[train]) & set(clusters[test])
+
+
+def test_small_cluster_trials_fit_on_every_split():
+    """Small cluster trials (8-12 clusters) used to crash inside econml: its inner 2-fold split is not
+    stratified by arm, so a half could train its propensity on one arm. Every design that passes the
+    design check now fits on every split of both schemes (#15 item 1)."""
+    from pipeline.estimate.cate import design_problem
+
+    cfg = CateConfig(folds=2, n_estimators=8, nuisance_trees=5, n_jobs=1, propensity="share")
+    fitted = 0
+    for seed in range(12):
+        n_clusters = 8 + seed % 5
+        X, Y, W, clusters = _small_trial(n_clusters, 5, seed)
+        assert design_problem(W, clusters, 2, seed) is None
+        folds = make_folds(clusters, 2, seed, treatment=W)
+        for scheme in ("kfold", "sequential"):
+            res = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=True, scheme=scheme)
+            fitted += int(np.isfinite(res.tau_hat).any())
+    assert fitted == 24
+
+
+def test_too_small_trial_stops_naming_folds_and_the_minimum():
+    from pipeline.estimate.cate import check_trial_design
+
+    X, Y, W, clusters = _small_trial(10, 5, 0)
+    with pytest.raises(EstimationError) as exc:
+        check_trial_design(W, clusters, 5, 0)
+    assert exc.value.where == "cate.folds" and "set cate.folds to 2" in exc.value.fix
+    check_trial_design(W, clusters, 2, 0)  # fits
+    X, Y, W, clusters = _small_trial(6, 5, 0)
+    with pytest.raises(EstimationError) as exc:
+        check_trial_design(W, clusters, 2, 0)
+    assert "4 treated and 4 control clusters" in exc.value.fix

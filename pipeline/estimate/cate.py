@@ -74,10 +74,22 @@ class ReproducibleForestRegressor(RandomForestRegressor):
             self.n_jobs = n_jobs
 
 
-def make_folds(clusters, k: int, seed: int) -> np.ndarray:
+def cluster_arms(W: np.ndarray, clusters) -> tuple[np.ndarray, np.ndarray]:
+    """(cluster labels, arm of each cluster): 1 when most of its units are treated, else 0."""
+    labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    inverse = inverse.reshape(-1)
+    share = np.bincount(inverse, weights=np.asarray(W, dtype=np.float64), minlength=len(labels))
+    share /= np.bincount(inverse, minlength=len(labels))
+    return labels, (share >= 0.5).astype(np.int64)
+
+
+def make_folds(clusters, k: int, seed: int, treatment=None) -> np.ndarray:
     """Assign each unit a fold 0..k-1 so that all units of a cluster share a fold.
 
-    Clusters are shuffled with ``seed`` and dealt round-robin, so fold sizes in clusters differ by at most one.
+    Clusters are shuffled with ``seed`` and dealt round-robin, so fold sizes in clusters differ by at most
+    one. With ``treatment`` the deal is stratified by arm (treated clusters first, then control ones,
+    continuing the round): every fold then holds as many treated clusters as any other, give or take one,
+    which small trials need (a fold of one arm cannot fit a propensity or an outcome contrast).
 
     Raises:
         EstimationError: when there are fewer clusters than folds.
@@ -87,9 +99,83 @@ def make_folds(clusters, k: int, seed: int) -> np.ndarray:
         raise EstimationError("cate.folds", f"at most as many folds as clusters ({len(labels)})", str(k),
                               f"set cate.folds to {max(2, len(labels))} or fewer")
     perm = np.random.default_rng(seed).permutation(len(labels))
+    if treatment is not None:
+        _, arm = cluster_arms(treatment, clusters)
+        perm = perm[np.argsort(-arm[perm], kind="stable")]
     fold_of_cluster = np.empty(len(labels), dtype=np.int64)
     fold_of_cluster[perm] = np.arange(len(labels)) % k
     return fold_of_cluster[inverse.reshape(-1)]
+
+
+def inner_splits(T, groups, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two inner folds of a training set (nuisance cross-fitting): (train rows, test rows) twice, grouped
+    by cluster and stratified by arm (:func:`make_folds`), so each half holds both arms whenever the training
+    set has two clusters of each.
+
+    Raises:
+        EstimationError: when a half would train on a single arm (too few clusters of one arm).
+    """
+    T = np.asarray(T).reshape(-1)
+    half = make_folds(groups, 2, seed, treatment=T)
+    splits = [(np.flatnonzero(half != h), np.flatnonzero(half == h)) for h in (0, 1)]
+    for train, _ in splits:
+        if len(np.unique(T[train])) < 2:
+            _, arm = cluster_arms(T, groups)
+            raise EstimationError("W", "at least 2 treated and 2 control clusters in every training split (its "
+                                  "nuisance models are cross-fitted on two halves)",
+                                  f"{int(arm.sum())} treated and {int((1 - arm).sum())} control clusters",
+                                  "use fewer cate.folds, or collect more clusters")
+    return splits
+
+
+MIN_EVAL_CLUSTERS = 4  # a half-sample bootstrap of an evaluation fold keeps half of its clusters, at least 2
+
+
+def design_problem(W: np.ndarray, clusters, k: int, seed: int) -> str | None:
+    """Why cross-fitting with ``k`` folds cannot run on this design (None when it can).
+
+    Checked on the folds the cate stage will use: every training split (k-fold and sequential) must train its
+    nuisances on two halves that each hold both arms, and every sequential evaluation fold needs
+    :data:`MIN_EVAL_CLUSTERS` clusters for its bootstrap.
+    """
+    W = np.asarray(W).reshape(-1)
+    clusters = np.asarray(clusters)
+    n_clusters = len(np.unique(clusters))
+    if n_clusters < k:
+        return f"{n_clusters} clusters for {k} folds"
+    folds = make_folds(clusters, k, seed, treatment=W)
+    for scheme in ("sequential", "kfold"):
+        for f, tr, te in training_splits(folds, scheme):
+            if len(np.unique(W[tr])) < 2:
+                return f"fold {f} would be predicted from a single arm"
+            try:
+                inner_splits(W[tr], clusters[tr], 0)
+            except EstimationError:
+                return f"the {scheme} training folds of fold {f} hold too few clusters of one arm to cross-fit"
+            if scheme == "sequential" and len(np.unique(clusters[te])) < MIN_EVAL_CLUSTERS:
+                return (f"evaluation fold {f} holds {len(np.unique(clusters[te]))} clusters "
+                        f"(its bootstrap needs {MIN_EVAL_CLUSTERS})")
+    return None
+
+
+def check_trial_design(W: np.ndarray, clusters, k: int, seed: int) -> None:
+    """Stop early, before any heavy stage, when the trial is too small for ``k`` cross-fitting folds.
+
+    Raises:
+        EstimationError: naming ``cate.folds``, what the design has, what it needs, and the largest number of
+            folds that works (or the smallest trial that would).
+    """
+    problem = design_problem(W, clusters, k, seed)
+    if problem is None:
+        return
+    _, arm = cluster_arms(W, clusters)
+    have = f"{len(arm)} clusters ({int(arm.sum())} mostly treated, {int((1 - arm).sum())} mostly control)"
+    ok = [j for j in range(k - 1, 1, -1) if design_problem(W, clusters, j, seed) is None]
+    need = (f"{k} folds need about {max(2 * k, 4)} clusters of each arm and {MIN_EVAL_CLUSTERS * k} in all "
+            f"(2 per arm in the first fold, {MIN_EVAL_CLUSTERS} clusters in every evaluation fold)")
+    fix = (f"set cate.folds to {ok[0]}" if ok else
+           f"collect at least 4 treated and 4 control clusters ({2 * MIN_EVAL_CLUSTERS} in all, with cate.folds: 2)")
+    raise EstimationError("cate.folds", need, f"{have}: {problem}", fix)
 
 
 def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits) -> None:
@@ -109,6 +195,7 @@ def check_design(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits) -> 
         if len(np.unique(W[tr])) < 2:
             raise EstimationError("W", f"treated and control units in the training folds of fold {f}",
                                   "a single arm", "use fewer folds or check that treatment varies across clusters")
+        inner_splits(W[tr], np.asarray(clusters)[tr], 0)
 
 
 def propensity_model(propensity):
@@ -135,13 +222,12 @@ def causal_forest_options(params) -> dict:
 
 
 def oof_nuisances(X: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarray, params, seeds) -> tuple:
-    """Out-of-fold outcome and propensity predictions on the rows given: two inner folds grouped by cluster,
-    fold k's models seeded by ``seeds[k]``. These residualise the final stage's inputs (R-learner)."""
-    from sklearn.model_selection import GroupKFold
-
+    """Out-of-fold outcome and propensity predictions on the rows given: two inner folds grouped by cluster
+    and stratified by arm (:func:`inner_splits`, seeded by ``seeds[0]``), fold k's models seeded by
+    ``seeds[k]``. These residualise the final stage's inputs (R-learner)."""
     m = np.empty(len(Y))
     e = np.empty(len(Y))
-    for k, (a, b) in enumerate(GroupKFold(n_splits=2).split(X, groups=groups)):
+    for k, (a, b) in enumerate(inner_splits(W, groups, seeds[0])):
         m[b] = outcome_model(params, seeds[k]).fit(X[a], Y[a]).predict(X[b])
         e[b] = propensity_model(params.propensity).fit(X[a], W[a]).predict_proba(X[b])[:, 1]
     return m, e
@@ -410,7 +496,9 @@ class CausalForestCATE(BaseEstimator):
             raise EstimationError("nuisances", "None with learner dr_forest", "supplied nuisances",
                                   "use learner causal_forest")
         model_y, model_t = outcome_model(self, self.random_state), propensity_model(self.propensity)
-        opts = dict(**causal_forest_options(self), cv=2, random_state=self.random_state)
+        # inner folds grouped by cluster and stratified by arm (econml's own split is not, and fails on small trials)
+        opts = dict(**causal_forest_options(self), cv=inner_splits(T, groups, self.random_state),
+                    random_state=self.random_state)
         if self.learner == "dr_forest":
             from econml.dr import ForestDRLearner
 

@@ -14,7 +14,15 @@ from ..core.config import Config
 from ..core.errors import ConfigError, EstimationError
 from ..core.layout import CatePaths, FeaturePaths, StudyLayout
 from ..core.units import read_units
-from ..estimate.cate import crossfit_cate, dr_scores, fit_nuisances, importance_by_scale, make_folds, training_splits
+from ..estimate.cate import (
+    check_trial_design,
+    crossfit_cate,
+    dr_scores,
+    fit_nuisances,
+    importance_by_scale,
+    make_folds,
+    training_splits,
+)
 
 
 def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True) -> pd.DataFrame:
@@ -50,7 +58,8 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     W = units["W"].to_numpy(dtype=np.int64)
     clusters = units["cluster_id"].astype(str).to_numpy()
     unit_ids = units["unit_id"].astype(str).to_numpy()
-    folds = make_folds(clusters, cfg.folds, seed)
+    check_trial_design(W, clusters, cfg.folds, seed)
+    folds = make_folds(clusters, cfg.folds, seed, treatment=W)
     rows = []
     importance = {}
     corrections = {}
