@@ -148,6 +148,8 @@ class TileConfig:
     block_px: int = opt(1024, "locations in one block x block tile share one read")
     workers: int = opt(1, "threads reading/resampling blocks")
     on_outside: str = opt("error", "or drop (dropped units are counted)", choices=ON_OUTSIDE)
+    nodata: Union[float, str] = opt("file", "file (each file's own nodata value) or a value counted as nodata in "
+                                    "every band, e.g. 0 for a 0-DN fill the files do not declare")
     jitter_copies: JitterCopiesConfig = opt(doc="jittered copies of a scale, tiled as <scale>@j<i>",
                                             factory=JitterCopiesConfig)
 
@@ -381,6 +383,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
     t = cfg.tile
     if isinstance(t.radiometry, str) and t.radiometry not in RADIOMETRY_MODES:
         bad("tile.radiometry", "'auto', 'none', 'l2' or a positive DN multiplier", t.radiometry, "use auto")
+    if isinstance(t.nodata, str) and t.nodata != "file":
+        bad("tile.nodata", "'file' or a number (the DN counted as nodata)", t.nodata, "e.g. 0, or file")
     if isinstance(t.radiometry, float) and t.radiometry <= 0:
         bad("tile.radiometry", "a positive DN multiplier", t.radiometry, "e.g. 0.00392156862745098 for 8-bit")
     if t.jitter_m and (len(t.jitter_m) != 2 or not 0 <= t.jitter_m[0] <= t.jitter_m[1]):

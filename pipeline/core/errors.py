@@ -8,6 +8,9 @@ non-zero; library callers can catch the specific class. Encoder errors are
 
 from __future__ import annotations
 
+import warnings
+from typing import Iterable
+
 
 class PipelineError(Exception):
     """Base class of every error the pipeline raises on bad input.
@@ -62,3 +65,17 @@ class EstimationError(PipelineError):
 
 class ArtifactError(PipelineError):
     """An upstream artifact is missing, incomplete or inconsistent with the params."""
+
+
+class DataWarning(UserWarning):
+    """Something in the inputs that a reader of the results must know, though the run goes on (a scale whose
+    windows are mostly invalid, clusters that mix arms...). Stages print each as one ``warning [stage]`` line,
+    store them in their artifacts, and the report lists them."""
+
+
+def warn_all(messages: Iterable[str]) -> list[str]:
+    """Emit every message as a :class:`DataWarning` (bounded to one line); return them (for the artifacts)."""
+    out = [shorten(m, 600) for m in messages]
+    for m in out:
+        warnings.warn(m, DataWarning, stacklevel=2)
+    return out

@@ -57,6 +57,11 @@ class ChipStorePaths:
     def scenes(self) -> Path:
         return self.root / "scenes.parquet"
 
+    @property
+    def report(self) -> Path:
+        """What the tiling found: counts and the warnings it printed (read by the study report)."""
+        return self.root / "tiling.json"
+
 
 @dataclass(frozen=True)
 class EmbeddingPaths:

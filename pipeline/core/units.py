@@ -107,6 +107,84 @@ def validate_units(units: pd.DataFrame, source: str = "units",
     return units
 
 
+def _pure_assignments(sizes: np.ndarray, n_treated: int) -> int:
+    """Number of ways to treat ``n_treated`` draws by treating whole groups of the given sizes (subset sums)."""
+    ways = [1] + [0] * n_treated
+    for size in sizes:
+        for total in range(n_treated, size - 1, -1):
+            ways[total] += ways[total - size]
+    return ways[n_treated]
+
+
+LEAK_CHANCE = 1e-3  # a covariate separating the arms this rarely by chance under the randomization is a leak
+
+
+def check_assignment(units: pd.DataFrame, source: str = "units") -> list[str]:
+    """Checks of the treatment assignment that a valid table can still fail; returns warnings.
+
+    * A covariate equal to W, or perfectly predicting it (one threshold, or values that each occur in one arm
+      only), is a post-treatment or leaked column: an error when a randomization would produce such a
+      separation with probability below :data:`LEAK_CHANCE` (computed over clusters for cluster-level
+      assignment), a warning when the trial is too small to tell.
+    * Clusters that mix arms while most clusters hold a single arm (a treated unit inside a control cluster):
+      the randomization unit is inconsistent; a warning naming them.
+
+    Raises:
+        UnitsError: naming the leaked covariate.
+    """
+    from math import comb
+
+    findings: list[str] = []
+    w = units["W"].to_numpy(dtype=np.int64)
+    cl = units["cluster_id"].astype(str).to_numpy()
+    by = pd.DataFrame({"W": w, "c": cl}).groupby("c")["W"]
+    lo, hi, size = by.min(), by.max(), by.size()
+    mixed = (lo != hi)
+    multi = size >= 2
+    if mixed.any() and multi.sum() and mixed[multi].mean() <= 0.2:
+        names = mixed[mixed].index[:5].tolist()
+        findings.append(f"{source}: {int(mixed.sum())} of {int(multi.sum())} clusters mix treated and control "
+                        f"units (e.g. {names}) while the others hold one arm: the unit of randomization looks "
+                        "inconsistent; check W and cluster_id (cluster_id must be the unit of randomization)")
+    cluster_level = not mixed.any()
+    for col in covariate_columns(units):
+        x = units[col].to_numpy(dtype=np.float64)
+        frame = pd.DataFrame({"x": x, "W": w, "c": cl})
+        if cluster_level:  # one draw per cluster: separation is judged over clusters
+            if (frame.groupby("c")["x"].nunique() > 1).any():
+                per = None  # a unit-level covariate under cluster assignment: the threshold check only
+                draws = frame.groupby("c").agg(x_min=("x", "min"), x_max=("x", "max"), W=("W", "first"))
+            else:
+                per = frame.groupby("c").agg(x=("x", "first"), W=("W", "first"))
+                draws = per.assign(x_min=per["x"], x_max=per["x"])
+        else:
+            per = frame[["x", "W"]]
+            draws = per.assign(x_min=per["x"], x_max=per["x"])
+        n_draws, n_treated = len(draws), int(draws["W"].sum())
+        if n_treated in (0, n_draws):
+            continue
+        t, c = draws[draws["W"] == 1], draws[draws["W"] == 0]
+        if t["x_max"].max() < c["x_min"].min() or c["x_max"].max() < t["x_min"].min():
+            what, chance = "separates treated from control units by a threshold", 2 / comb(n_draws, n_treated)
+        elif per is not None and (per.groupby("x")["W"].nunique() == 1).all() and per["x"].nunique() < n_draws:
+            sizes = per.groupby("x").size().to_numpy()
+            what = "takes values that each occur in one arm only"
+            chance = _pure_assignments(sizes, n_treated) / comb(n_draws, n_treated)
+        else:
+            continue
+        if np.array_equal(x, w) or np.array_equal(x, 1 - w):
+            what = "equals the treatment (or its complement)"
+        if chance < LEAK_CHANCE:
+            raise UnitsError(f"{source}: {col}", "a pre-treatment covariate (the arms overlap in it)",
+                             f"a column that {what}: it predicts W perfectly, which a randomization does with "
+                             f"probability {chance:.1g}",
+                             "remove it from the covariates (data.covariates / data.post_treatment): it is "
+                             "post-treatment or leaks the assignment")
+        findings.append(f"{source}: {col} {what}; with {n_draws} {'clusters' if cluster_level else 'units'} a "
+                        f"randomization does this with probability {chance:.2g}: check that it is pre-treatment")
+    return findings
+
+
 def write_units(units: gpd.GeoDataFrame, path: str | os.PathLike) -> None:
     """Write a units GeoDataFrame as GeoParquet, atomically."""
     write_with(path, lambda tmp: units.to_parquet(tmp, index=False))
@@ -282,4 +360,5 @@ def load_study_units(cfg, base_dir: str | os.PathLike) -> tuple[gpd.GeoDataFrame
     report["treated_share"] = float(pd.to_numeric(units["W"], errors="coerce").mean())
     validated = validate_units(units, source=source, post_treatment=[
         f"{COVARIATE_PREFIX}{p}" if not p.startswith(COVARIATE_PREFIX) else p for p in cfg.post_treatment])
+    report["warnings"] = check_assignment(validated, source)
     return validated.drop(columns=["lon", "lat"]), report

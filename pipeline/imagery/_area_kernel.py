@@ -55,7 +55,7 @@ def _area_numpy(S, Sv, Sc, er, ec, min_valid):
     den = boxes(Fv)
     with np.errstate(invalid="ignore", divide="ignore"):
         out = boxes(F) / den[:, None]
-    out[np.broadcast_to((den < min_valid)[:, None], out.shape)] = np.nan
+    out[np.broadcast_to((den < min_valid[:, None, None])[:, None], out.shape)] = np.nan
     cloud = Fc[:, -1, -1] - Fc[:, 0, -1] - Fc[:, -1, 0] + Fc[:, 0, 0]
     return out.astype(np.float32), den, cloud
 
@@ -98,7 +98,7 @@ if HAVE_NUMBA:
                     a = Fv[i + 1, j + 1] - Fv[i, j + 1] - Fv[i + 1, j] + Fv[i, j]
                     den[b, i, j] = a
                     for k in range(C):
-                        if a < min_valid:
+                        if a < min_valid[b]:
                             out[b, k, i, j] = np.nan
                         else:
                             v = F[k, i + 1, j + 1] - F[k, i, j + 1] - F[k, i + 1, j] + F[k, i, j]
@@ -108,7 +108,7 @@ if HAVE_NUMBA:
 
 
 def area_resample(S: np.ndarray, Sv: np.ndarray, Sc: np.ndarray, row_edges: np.ndarray, col_edges: np.ndarray,
-                  min_valid: float, compiled: bool = True):
+                  min_valid, compiled: bool = True):
     """Resample windows by exact area averaging.
 
     Args:
@@ -116,14 +116,16 @@ def area_resample(S: np.ndarray, Sv: np.ndarray, Sc: np.ndarray, row_edges: np.n
         Sv, Sc: (H+1, W+1) summed-area tables of the valid mask and of the cloud mask.
         row_edges, col_edges: (B, P+1) output pixel edges of each window, in block pixel coordinates,
             within [0, H] and [0, W].
-        min_valid: an output pixel with less valid area than this (in source pixels) is NaN.
+        min_valid: an output pixel with less valid area than this (in source pixels) is NaN; one number, or
+            one per window (B,) when windows differ in pixel area (scenes in a geographic CRS).
 
     Returns:
         chips (B, C, P, P) float32, valid area per output pixel (B, P, P), cloudy area per window (B,).
     """
     args = (np.ascontiguousarray(S, dtype=np.float64), np.ascontiguousarray(Sv, dtype=np.float64),
             np.ascontiguousarray(Sc, dtype=np.float64), np.ascontiguousarray(row_edges, dtype=np.float64),
-            np.ascontiguousarray(col_edges, dtype=np.float64), float(min_valid))
+            np.ascontiguousarray(col_edges, dtype=np.float64),
+            np.ascontiguousarray(np.broadcast_to(np.asarray(min_valid, dtype=np.float64), (len(row_edges),))))
     if compiled and HAVE_NUMBA:
         return _area_numba(*args)
     return _area_numpy(*args)

@@ -16,6 +16,7 @@ NaN; with a QA_PIXEL band, fill, dilated cloud, cirrus, cloud and cloud shadow p
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import re
@@ -105,6 +106,28 @@ class Scene:
     def path(self) -> str:
         return self.paths[0]
 
+    @property
+    def is_geographic(self) -> bool:
+        """True when the CRS is in degrees (e.g. EPSG:4326): windows in metres are converted per location."""
+        return crs_units(self.crs)[0]
+
+    def metres_per_unit(self, y) -> tuple[np.ndarray, np.ndarray]:
+        """Metres per CRS unit along x and y at CRS y-coordinates ``y``: the linear unit of a projected CRS
+        (1 for metres, 0.3048 for feet), or the WGS84 length of a degree of longitude and latitude at those
+        latitudes for a geographic CRS."""
+        y = np.asarray(y, dtype=np.float64)
+        geographic, factor = crs_units(self.crs)
+        if not geographic:
+            return np.full(y.shape, factor), np.full(y.shape, factor)
+        return degree_lengths(y)
+
+    @property
+    def res_m(self) -> float:
+        """Pixel size in metres (the smaller side, at the scene's centre for a geographic CRS)."""
+        b = self.bounds
+        mx, my = self.metres_per_unit(np.array([(b[1] + b[3]) / 2]))
+        return float(min(abs(self.transform[0]) * mx[0], abs(self.transform[4]) * my[0]))
+
     def select_bands(self, names: Sequence[str]) -> "Scene":
         """The same scene restricted to ``names`` (in that order).
 
@@ -120,6 +143,27 @@ class Scene:
         return replace(self, paths=paths, band_indexes=tuple(self.band_indexes[i] for i in idx),
                        band_names=tuple(names), scales=tuple(self.scales[i] for i in idx),
                        offsets=tuple(self.offsets[i] for i in idx))
+
+
+@functools.lru_cache(maxsize=64)
+def crs_units(crs: str) -> tuple[bool, float]:
+    """(is geographic, metres per unit of a projected CRS) of a CRS string."""
+    from pyproj import CRS
+
+    c = CRS.from_user_input(crs)
+    if c.is_geographic:
+        return True, float("nan")
+    axes = c.axis_info
+    return False, float(axes[0].unit_conversion_factor) if axes else 1.0
+
+
+def degree_lengths(lat) -> tuple[np.ndarray, np.ndarray]:
+    """Metres per degree of longitude and of latitude at latitudes ``lat`` (degrees) on the WGS84 ellipsoid
+    (series expansion, accurate to centimetres)."""
+    phi = np.radians(np.asarray(lat, dtype=np.float64))
+    per_lon = 111412.84 * np.cos(phi) - 93.5 * np.cos(3 * phi) + 0.118 * np.cos(5 * phi)
+    per_lat = 111132.92 - 559.82 * np.cos(2 * phi) + 1.175 * np.cos(4 * phi) - 0.0023 * np.cos(6 * phi)
+    return np.maximum(per_lon, 1e-6), per_lat
 
 
 def _open_meta(path: str):
@@ -247,6 +291,50 @@ def _literal_prefix(path: Path) -> tuple[Path, str]:
     return Path("."), str(path)
 
 
+def _band_labels(paths: Sequence[str], descriptions: Sequence[str]) -> list[str]:
+    """Band names of single-band files stacked into one scene: their band descriptions when all are set and
+    distinct, else the part of the file names that differs (``lsat7_2000_10.tif`` ... -> ``10``, ...)."""
+    if all(descriptions) and len(set(descriptions)) == len(descriptions):
+        return list(descriptions)
+    stems = [Path(p).stem for p in paths]
+    prefix = os.path.commonprefix(stems)
+    prefix = prefix[: max((prefix.rfind(c) for c in "_-. "), default=-1) + 1]  # up to a separator
+    suffix = os.path.commonprefix([st[::-1] for st in stems])[::-1]
+    cuts = [i for i in (suffix.find(c) for c in "_-. ") if i >= 0]
+    suffix = suffix[min(cuts):] if cuts else ""
+    labels = [st[len(prefix): len(st) - len(suffix)] if len(st) > len(prefix) + len(suffix) else st for st in stems]
+    return labels if all(labels) and len(set(labels)) == len(labels) else stems
+
+
+def stack_band_files(paths: Sequence[str]) -> tuple[list[Scene], list[str], list[str]]:
+    """Stack single-band files that share one grid (CRS, transform, size) into one band-per-file scene each.
+
+    A folder of per-band files (``lsat7_2000_10.tif``, ``..._20.tif``, ...) matched by one glob is one scene
+    with several bands, not several one-band scenes. Returns (stacked scenes, the other paths, notes saying
+    what was stacked, with which band names).
+    """
+    metas = {p: _open_meta(p) for p in paths}
+    groups: dict[tuple, list[str]] = {}
+    for p, m in metas.items():
+        if m["count"] == 1:
+            groups.setdefault((m["crs"], m["transform"], m["width"], m["height"]), []).append(p)
+    stacked, notes, used = [], [], set()
+    for files in groups.values():
+        if len(files) < 2:
+            continue
+        files = sorted(files)
+        labels = _band_labels(files, [metas[p]["descriptions"][0] or "" for p in files])
+        qa = [p for p, lab in zip(files, labels) if lab.upper().endswith("QA_PIXEL")]
+        band_files = {lab: p for p, lab in zip(files, labels) if p not in qa}
+        name = os.path.commonprefix([Path(p).stem for p in files]).rstrip("_-. ") or Path(files[0]).stem
+        stacked.append(_stack(name, band_files, qa[0] if qa else None, None))
+        used.update(files)
+        notes.append(f"{len(band_files)} single-band files on one grid ({Path(files[0]).parent}/"
+                     f"{Path(files[0]).name}, ...) stacked into one scene {name!r} with bands {list(band_files)}; "
+                     "tile.bands selects and orders them by these names")
+    return stacked, [p for p in paths if p not in used], notes
+
+
 def resolve_scene_paths(patterns: Iterable[str | os.PathLike], base: str | os.PathLike = ".") -> list[str]:
     """Expand files and globs (relative to ``base``) into a sorted list of paths.
 
@@ -283,18 +371,30 @@ class SceneCatalog:
         counts = {s.count for s in self.scenes}
         if len(counts) > 1:
             detail = ", ".join(f"{s.name}: {s.count}" for s in self.scenes[:6])
-            raise ImageryError("scenes", "the same band count in every scene", detail,
-                               "select the same bands in every scene (tile.bands)")
+            raise ImageryError("scenes", "the same bands in every scene", f"band counts {detail}",
+                               "give scenes with the same bands, or pick the same band names in each with "
+                               "tile.bands (single-band files on one grid are stacked into one scene; files on "
+                               "different grids are different scenes)")
         self._footprints = None
+        self.notes: list[str] = []
 
     @classmethod
-    def from_paths(cls, paths: Iterable[str | os.PathLike], bands: Sequence[str] | None = None) -> "SceneCatalog":
-        """Scenes from files: Landsat C2 band files are grouped into products, other files are scenes."""
+    def from_paths(cls, paths: Iterable[str | os.PathLike], bands: Sequence[str] | None = None,
+                   nodata: float | None = None) -> "SceneCatalog":
+        """Scenes from files: Landsat C2 band files are grouped into products; single-band files that share
+        one grid are stacked into one band-per-file scene (:func:`stack_band_files`, which says so in
+        :attr:`notes`); other files are scenes. ``nodata`` overrides the files' nodata value (e.g. 0 for a
+        0-DN fill the files do not declare)."""
         landsat, other = group_landsat_products([str(p) for p in paths])
-        scenes = landsat + [open_scene(p) for p in other]
+        stacked, other, notes = stack_band_files(other)
+        scenes = landsat + stacked + [open_scene(p) for p in other]
+        if nodata is not None:
+            scenes = [replace(s, nodata=float(nodata)) for s in scenes]
         if bands:
             scenes = [s.select_bands(bands) for s in scenes]
-        return cls(scenes)
+        catalog = cls(scenes)
+        catalog.notes = notes
+        return catalog
 
     @classmethod
     def from_band_files(cls, band_files: Mapping[str, str | os.PathLike], name: str | None = None,
@@ -315,11 +415,21 @@ class SceneCatalog:
                  "res": [s.res for s in self.scenes]}, geometry=geoms, crs=4326)
         return self._footprints
 
-    def candidates(self, lon: np.ndarray, lat: np.ndarray) -> list[np.ndarray]:
-        """For each scene, the indices of the points inside its footprint (a cheap pre-filter)."""
-        fp = self.footprints()
+    def candidates(self, lon: np.ndarray, lat: np.ndarray, margin_m: float = 0.0) -> list[np.ndarray]:
+        """For each scene, the indices of the points inside its footprint grown by ``margin_m`` metres (a cheap
+        pre-filter: a point just outside a scene still has part of its window inside)."""
+        if margin_m > 0:
+            geoms = []
+            for sc in self.scenes:
+                b = sc.bounds
+                mx, my = sc.metres_per_unit(np.array([b[1], b[3]]))
+                dx, dy = margin_m / float(mx.min()), margin_m / float(my.min())
+                geoms.append(box(*transform_bounds(sc.crs, "EPSG:4326", b[0] - dx, b[1] - dy, b[2] + dx, b[3] + dy)))
+            fp_geom = gpd.GeoSeries(geoms, crs=4326)
+        else:
+            fp_geom = self.footprints().geometry
         pts = gpd.GeoSeries(gpd.points_from_xy(lon, lat), crs=4326)
-        scene_idx, point_idx = pts.sindex.query(fp.geometry, predicate="intersects")
+        scene_idx, point_idx = pts.sindex.query(fp_geom, predicate="intersects")
         return [np.sort(point_idx[scene_idx == s]) for s in range(len(self.scenes))]
 
     @staticmethod
@@ -375,6 +485,12 @@ class SceneReader:
 
     def read(self, row0: int, col0: int, nrows: int, ncols: int) -> tuple[np.ndarray, np.ndarray]:
         """Read the in-raster window; return (values (bands, r, c) float32 with NaN, cloudy mask (r, c))."""
+        values, cloudy, _ = self.read_masks(row0, col0, nrows, ncols)
+        return values, cloudy
+
+    def read_masks(self, row0: int, col0: int, nrows: int, ncols: int) -> tuple[np.ndarray, ...]:
+        """Like :meth:`read`, plus the mask of pixels counted valid whose DN is exactly 0 in every band (a 0-DN
+        fill of a file without a nodata value looks like this)."""
         s = self.scene
         win = Window(col0, row0, ncols, nrows)
         if len(self._ds) == 1:
@@ -397,4 +513,5 @@ class SceneReader:
             cloudy &= ~fill
         out = out * self.scale[:, None, None].astype(np.float32) + self.offset[:, None, None].astype(np.float32)
         out[:, invalid | cloudy] = np.nan
-        return out, cloudy
+        zero = (dn == 0).all(axis=0) & ~invalid & ~cloudy
+        return out, cloudy, zero

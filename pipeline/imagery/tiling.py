@@ -96,6 +96,33 @@ def jitter_offsets(n: int, jitter_m: Sequence[float] | None, seed: int) -> np.nd
     return np.column_stack([dist * np.cos(angle), dist * np.sin(angle)])
 
 
+MAX_BLOCK_BYTES = 2 * 2 ** 30  # one block read (values, masks and their summed-area tables)
+
+
+def window_extent(scene: Scene, xs: np.ndarray, ys: np.ndarray, size_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Half-widths along x and y, in the scene's CRS units, of square windows ``size_m`` metres wide centred
+    at (xs, ys): the window is metres whatever the CRS (degrees are converted at each location's latitude)."""
+    mx, my = scene.metres_per_unit(ys)
+    return size_m / 2.0 / mx, size_m / 2.0 / my
+
+
+def metres_to_units(scene: Scene, ys: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """(n, 2) displacements in metres as displacements in the scene's CRS units at CRS y-coordinates ``ys``."""
+    mx, my = scene.metres_per_unit(ys)
+    return np.column_stack([d[:, 0] / mx, d[:, 1] / my])
+
+
+def _window_sums(T: np.ndarray, r0: np.ndarray, r1: np.ndarray, c0: np.ndarray, c1: np.ndarray) -> np.ndarray:
+    """Integral over fractional rectangles of a summed-area table (bilinear in every pixel)."""
+    def at(r, c):
+        ir = np.minimum(np.floor(r).astype(np.int64), T.shape[0] - 2)
+        ic = np.minimum(np.floor(c).astype(np.int64), T.shape[1] - 2)
+        fr, fc = r - ir, c - ic
+        return ((1 - fr) * (1 - fc) * T[ir, ic] + (1 - fr) * fc * T[ir, ic + 1] + fr * (1 - fc) * T[ir + 1, ic]
+                + fr * fc * T[ir + 1, ic + 1])
+    return at(r1, c1) - at(r0, c1) - at(r1, c0) + at(r0, c0)
+
+
 def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig],
                 method: str, shifts: dict | None = None) -> dict[str, tuple[np.ndarray, ...]]:
     """Chips of every scale for one group of locations, from one read of their covering block.
@@ -105,7 +132,13 @@ def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Seq
 
     Exact area averaging uses summed-area tables of the block (:mod:`pipeline.imagery._area_kernel`); an output
     pixel is the mean over the valid part of its area, and NaN when less than half of its area is valid (a
-    sliver of data at a raster edge does not stand for the whole pixel).
+    sliver of data at a raster edge does not stand for the whole pixel). Windows are ``size_m`` metres on
+    the ground in any CRS: in a geographic CRS their extent in degrees follows each location's latitude, so
+    rows and columns may cover different numbers of source pixels.
+
+    Raises:
+        TilingError: when the block to read would exceed :data:`MAX_BLOCK_BYTES` (a window far larger than the
+            scene's pixels, e.g. metres read as degrees, or a huge ``block_px``).
     """
     scene = reader.scene
     a = scene.affine
@@ -114,25 +147,35 @@ def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Seq
     for s in scales:
         xs, ys = base_xs, base_ys
         if shifts and s.name in shifts:
-            xs, ys = xs + shifts[s.name][:, 0], ys + shifts[s.name][:, 1]
-        half = s.size_m / 2.0
-        length = s.size_m / scene.res
-        col_start = (xs - half - a.c) / a.a
-        row_start = (ys + half - a.f) / a.e
-        plan[s.name] = (row_start, col_start, length, (xs - half, ys - half, xs + half, ys + half))
+            d = metres_to_units(scene, ys, shifts[s.name])
+            xs, ys = xs + d[:, 0], ys + d[:, 1]
+        hx, hy = window_extent(scene, xs, ys, s.size_m)
+        len_c, len_r = 2 * hx / abs(a.a), 2 * hy / abs(a.e)
+        col_start = (xs - hx - a.c) / a.a
+        row_start = (ys + hy - a.f) / a.e
+        plan[s.name] = (row_start, col_start, len_r, len_c, (xs - hx, ys - hy, xs + hx, ys + hy))
     oy = math.floor(min(p[0].min() for p in plan.values()))
     ox = math.floor(min(p[1].min() for p in plan.values()))
     h = math.ceil(max((p[0] + p[2]).max() for p in plan.values())) - oy
-    w = math.ceil(max((p[1] + p[2]).max() for p in plan.values())) - ox
+    w = math.ceil(max((p[1] + p[3]).max() for p in plan.values())) - ox
+    need = h * w * (scene.count * 12 + 32)
+    if need > MAX_BLOCK_BYTES:
+        big = max(scales, key=lambda sc: sc.size_m)
+        raise TilingError(f"scale {big.name}: size_m ({scene.name})",
+                          f"windows that fit in memory (at most {MAX_BLOCK_BYTES / 2 ** 30:.0f} GiB per read)",
+                          f"{big.size_m:g} m = {h} x {w} pixels of {scene.res_m:.3g} m, {need / 2 ** 30:.1f} GiB",
+                          "give size_m in metres for the scene's pixels, or lower tile.block_px")
     # the block covering every window of the group, read once; outside the raster stays NaN
     vals = np.full((scene.count, h, w), np.nan, dtype=np.float32)
     cloud = np.zeros((h, w), dtype=bool)
+    zero = np.zeros((h, w), dtype=bool)
     br0, br1 = max(oy, 0), min(oy + h, scene.height)
     bc0, bc1 = max(ox, 0), min(ox + w, scene.width)
     if br1 > br0 and bc1 > bc0:
-        v, c = reader.read(int(br0), int(bc0), int(br1 - br0), int(bc1 - bc0))
+        v, c, z = reader.read_masks(int(br0), int(bc0), int(br1 - br0), int(bc1 - bc0))
         vals[:, br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = v
         cloud[br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = c
+        zero[br0 - oy: br1 - oy, bc0 - ox: bc1 - ox] = z
     valid = np.isfinite(vals).all(axis=0)
     all_valid = bool(valid.all())
     S = summed_area(vals if all_valid else np.where(valid, vals, np.float32(0)))
@@ -141,37 +184,49 @@ def _tile_group(reader: SceneReader, xs: np.ndarray, ys: np.ndarray, scales: Seq
     else:
         Sv = summed_area(valid)
     Sc = summed_area(cloud) if cloud.any() else np.zeros((h + 1, w + 1))
+    Sz = summed_area(zero) if zero.any() else None
     out = {}
     for s in scales:
-        row_start, col_start, length, bounds = plan[s.name]
-        steps = np.arange(s.px + 1) * (length / s.px)
-        er = np.clip(row_start[:, None] - oy + steps[None, :], 0, h)
-        ec = np.clip(col_start[:, None] - ox + steps[None, :], 0, w)
-        bin_area = (length / s.px) ** 2
+        row_start, col_start, len_r, len_c, bounds = plan[s.name]
+        steps = np.arange(s.px + 1) / s.px
+        er = np.clip(row_start[:, None] - oy + steps[None, :] * len_r[:, None], 0, h)
+        ec = np.clip(col_start[:, None] - ox + steps[None, :] * len_c[:, None], 0, w)
+        bin_area = len_r * len_c / s.px ** 2
         chips, den, cloudy = area_resample(S, Sv, Sc, er, ec, 0.5 * bin_area)
         if method == "nearest":
             ri = np.minimum(np.floor((er[:, :-1] + er[:, 1:]) / 2).astype(np.int64), h - 1)
             ci = np.minimum(np.floor((ec[:, :-1] + ec[:, 1:]) / 2).astype(np.int64), w - 1)
             chips = np.moveaxis(vals[:, ri[:, :, None], ci[:, None, :]], 0, 1).copy()
             chips[np.broadcast_to(~valid[ri[:, :, None], ci[:, None, :]][:, None], chips.shape)] = np.nan
-        area = length * length
-        out[s.name] = (chips, den.sum(axis=(1, 2)) / area, cloudy / area, np.column_stack(bounds))
+        area = len_r * len_c
+        zeros = (np.zeros(len(area)) if Sz is None
+                 else _window_sums(Sz, er[:, 0], er[:, -1], ec[:, 0], ec[:, -1]) / area)
+        out[s.name] = (chips, den.sum(axis=(1, 2)) / area, cloudy / area, zeros, np.column_stack(bounds))
     return out
 
 
-def plan_jobs(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, offsets: np.ndarray, block_px: int):
+def plan_jobs(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, offsets: np.ndarray, block_px: int,
+              margin_m: float = 0.0):
     """Group locations by scene and by ``block_px`` tiles of their centres.
 
-    Returns ([(scene, location indices, xs, ys) per group], covered mask). Each group is read with one
-    windowed read covering all its windows.
+    A location belongs to a scene when its window (half-width ``margin_m`` metres: the smallest scale's)
+    overlaps the raster, so points on an edge or corner, or just outside, get partial windows with their
+    true valid fraction. Returns ([(scene, location indices, xs, ys) per group], covered mask). Each group is
+    read with one windowed read covering all its windows.
     """
     covered = np.zeros(len(lon), dtype=bool)
     jobs = []
-    for scene, cand in zip(catalog.scenes, catalog.candidates(lon, lat)):
+    for scene, cand in zip(catalog.scenes, catalog.candidates(lon, lat, margin_m)):
         xs, ys = catalog.project(scene, lon[cand], lat[cand])
-        xs, ys = xs + offsets[cand, 0], ys + offsets[cand, 1]
+        if len(cand):
+            d = metres_to_units(scene, ys, offsets[cand])
+            xs, ys = xs + d[:, 0], ys + d[:, 1]
+        hx, hy = window_extent(scene, xs, ys, 2 * margin_m)
         minx, miny, maxx, maxy = scene.bounds
-        inside = (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
+        if margin_m > 0:
+            inside = (xs + hx > minx) & (xs - hx < maxx) & (ys + hy > miny) & (ys - hy < maxy)
+        else:
+            inside = (xs >= minx) & (xs < maxx) & (ys > miny) & (ys <= maxy)
         idx, xs, ys = cand[inside], xs[inside], ys[inside]
         covered[idx] = True
         if not len(idx):
@@ -190,11 +245,11 @@ def plan_jobs(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, offsets: 
 def block_region(scene: Scene, xs: np.ndarray, ys: np.ndarray, scales: Sequence[ScaleConfig]):
     """(row0, col0, nrows, ncols) of the in-raster region covering every window of a group."""
     a = scene.affine
-    half = max(s.size_m for s in scales) / 2.0
-    c0 = math.floor(((xs - half - a.c) / a.a).min())
-    c1 = math.ceil(((xs + half - a.c) / a.a).max()) + 1
-    r0 = math.floor(((ys + half - a.f) / a.e).min())
-    r1 = math.ceil(((ys - half - a.f) / a.e).max()) + 1
+    hx, hy = window_extent(scene, xs, ys, max(s.size_m for s in scales))
+    c0 = math.floor(((xs - hx - a.c) / a.a).min())
+    c1 = math.ceil(((xs + hx - a.c) / a.a).max()) + 1
+    r0 = math.floor(((ys + hy - a.f) / a.e).min())
+    r1 = math.ceil(((ys - hy - a.f) / a.e).max()) + 1
     r0, c0 = max(r0, 0), max(c0, 0)
     r1, c1 = min(r1, scene.height), min(c1, scene.width)
     return r0, c0, max(r1 - r0, 0), max(c1 - c0, 0)
@@ -243,7 +298,7 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         raise TilingError("tile.on_outside", "'error' or 'drop'", repr(on_outside), "pick one")
     for scene in catalog.scenes:
         for s in scales:
-            check_scale(s, scene.res, scene.name)
+            check_scale(s, scene.res_m, scene.name)
     lon, lat = np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
     n = len(location_ids)
     count = catalog.scenes[0].count
@@ -252,8 +307,8 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
     chips = {s.name: np.full((n, count, s.px, s.px), np.nan, dtype=np.float32) for s in scales}
     best = {s.name: np.full(n, -1.0) for s in scales}
     meta = {s.name: {"scene": np.full(n, "", dtype=object), "crs": np.full(n, "", dtype=object),
-                     "cloud": np.zeros(n), "bounds": np.full((n, 4), np.nan)} for s in scales}
-    jobs, covered = plan_jobs(catalog, lon, lat, offsets, block_px)
+                     "cloud": np.zeros(n), "zero": np.zeros(n), "bounds": np.full((n, 4), np.nan)} for s in scales}
+    jobs, covered = plan_jobs(catalog, lon, lat, offsets, block_px, coverage_margin(scales))
 
     import threading
 
@@ -310,22 +365,29 @@ def tile_locations(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.n
         for i, loc in enumerate(location_ids):
             rows.append({"location_id": loc, "index": i, "scale": s.name, "size_m": s.size_m, "px": s.px,
                          "scene": m["scene"][i], "crs": m["crs"][i], "valid_fraction": max(best[s.name][i], 0.0),
-                         "cloud_fraction": m["cloud"][i], "minx": m["bounds"][i, 0], "miny": m["bounds"][i, 1],
+                         "cloud_fraction": m["cloud"][i], "zero_fraction": m["zero"][i],
+                         "minx": m["bounds"][i, 0], "miny": m["bounds"][i, 1],
                          "maxx": m["bounds"][i, 2], "maxy": m["bounds"][i, 3],
                          "jitter_dx": offsets[i, 0], "jitter_dy": offsets[i, 1], "dropped": bool(~covered[i])})
     return ChipSet(location_ids=list(location_ids), chips=chips, manifest=pd.DataFrame(rows), dropped=dropped)
 
 
+def coverage_margin(scales: Sequence[ScaleConfig]) -> float:
+    """Half the smallest window, in metres: a location whose smallest window overlaps a scene is in it."""
+    return min(s.size_m for s in scales) / 2.0
+
+
 def outside_error(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.ndarray, lat: np.ndarray,
-                  covered: np.ndarray) -> ImageryError:
+                  covered: np.ndarray, every: bool = False) -> ImageryError:
     """The error for locations outside every scene: names them, and hints when swapping lon and lat would
-    put them inside a scene."""
+    put them inside a scene. ``every``: no location is inside any scene (dropping cannot help)."""
     missing = [location_ids[i] for i in np.flatnonzero(~covered)]
     sw = _swapped_hits(catalog, lon[~covered], lat[~covered])
     hint = f" ({sw} of them fall inside a scene if lon and lat are swapped: check the column order)" if sw else ""
-    return ImageryError("locations", "every location inside at least one scene",
-                        f"{len(missing)} of {len(lon)} outside all scenes, e.g. {missing[:5]}{hint}",
-                        "add scenes covering them, or set tile.on_outside: drop to drop them (counted)")
+    fix = ("give scenes that cover the trial (check data.scenes and the coordinates' columns and CRS)" if every else
+           "add scenes covering them, or set tile.on_outside: drop to drop them (counted)")
+    return ImageryError("locations", "locations inside the scenes" if every else "every location inside a scene",
+                        f"{len(missing)} of {len(lon)} locations outside all scenes, e.g. {missing[:5]}{hint}", fix)
 
 
 def _progress(it, total, show):
@@ -337,7 +399,7 @@ def _progress(it, total, show):
 
 def _keep(item, chips, best, meta) -> None:
     scene, idx, res = item
-    for name, (c, vf, cf, bounds) in res.items():
+    for name, (c, vf, cf, zf, bounds) in res.items():
         better = vf > best[name][idx]
         sel = idx[better]
         chips[name][sel] = c[better]
@@ -345,6 +407,7 @@ def _keep(item, chips, best, meta) -> None:
         meta[name]["scene"][sel] = scene.name
         meta[name]["crs"][sel] = scene.crs
         meta[name]["cloud"][sel] = cf[better]
+        meta[name]["zero"][sel] = zf[better]
         meta[name]["bounds"][sel] = bounds[better]
 
 
@@ -430,12 +493,13 @@ def jitter_copies(cfg: TileConfig, n: int) -> tuple[list[ScaleConfig], dict[str,
     return scales, offsets
 
 
-def _spatial_order(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, block_px: int) -> np.ndarray:
+def _spatial_order(catalog: SceneCatalog, lon: np.ndarray, lat: np.ndarray, block_px: int,
+                   margin_m: float = 0.0) -> np.ndarray:
     """Location order for the chip store: by first covering scene, then by block, so that a chunk of
     consecutive locations shares few blocks (each chunk reads its blocks once). Uncovered ones go last."""
     n = len(lon)
     key = np.full((n, 3), np.iinfo(np.int64).max, dtype=np.int64)
-    for si, (scene, cand) in enumerate(zip(catalog.scenes, catalog.candidates(lon, lat))):
+    for si, (scene, cand) in enumerate(zip(catalog.scenes, catalog.candidates(lon, lat, margin_m))):
         free = cand[key[cand, 0] == np.iinfo(np.int64).max]
         if not len(free):
             continue
@@ -488,17 +552,30 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
     store.root.mkdir(parents=True, exist_ok=True)
     if store.manifest.exists():
         store.manifest.unlink()  # the store is incomplete until the new manifest is written
-    ids = np.asarray([str(i) for i in location_ids], dtype=object)
+    loc_ids = np.asarray([str(i) for i in location_ids], dtype=object)
     lon, lat = np.asarray(lon, float), np.asarray(lat, float)
-    offsets = jitter_offsets(len(ids), list(cfg.jitter_m) or None, cfg.jitter_seed)
-    if cfg.on_outside == "error":  # fail before writing anything
-        _, covered = plan_jobs(catalog, lon, lat, offsets, cfg.block_px)
-        if not covered.all():
-            raise outside_error(catalog, list(ids), lon, lat, covered)
-    scales, copy_offsets = jitter_copies(cfg, len(ids))
-    order = _spatial_order(catalog, lon, lat, cfg.block_px)
+    offsets = jitter_offsets(len(loc_ids), list(cfg.jitter_m) or None, cfg.jitter_seed)
+    _, covered = plan_jobs(catalog, lon, lat, offsets, cfg.block_px, coverage_margin(cfg.scales))
+    if cfg.on_outside == "error" and not covered.all():  # fail before writing anything
+        raise outside_error(catalog, list(loc_ids), lon, lat, covered)
+    if not covered.any():
+        raise outside_error(catalog, list(loc_ids), lon, lat, covered, every=True)
+    scales, copy_offsets = jitter_copies(cfg, len(loc_ids))
+    # one site per distinct (coordinate, displacements): locations sharing one are tiled and embedded once
+    key = np.column_stack([lon, lat, offsets] + list(copy_offsets.values()))
+    _, first, site_of = np.unique(key, axis=0, return_index=True, return_inverse=True)
+    by_first = np.argsort(first)  # sites in order of first appearance
+    rank = np.empty_like(by_first)
+    rank[by_first] = np.arange(len(by_first))
+    site_of, first = rank[site_of.reshape(-1)], first[by_first]
+    ids, lon, lat, offsets = loc_ids[first], lon[first], lat[first], offsets[first]
+    copy_offsets = {k: v[first] for k, v in copy_offsets.items()}
+    order = _spatial_order(catalog, lon, lat, cfg.block_px, coverage_margin(scales))
     ids, lon, lat, offsets = ids[order], lon[order], lat[order], offsets[order]
     copy_offsets = {k: v[order] for k, v in copy_offsets.items()}
+    row_of_site = np.empty_like(order)
+    row_of_site[order] = np.arange(len(order))
+    row_of_location = row_of_site[site_of]
     scenes = list(catalog.scenes)
     kw = dict(resampling=cfg.resampling, radiometry=cfg.radiometry, block_px=cfg.block_px, workers=cfg.workers,
               on_outside="drop")
@@ -534,16 +611,35 @@ def tile_to_store(catalog: SceneCatalog, location_ids: Sequence[str], lon: np.nd
             _tile_chunk(*item)
     else:
         run_ordered(client, _tile_chunk, items)
-    manifest = pd.concat([pd.read_parquet(ChipStorePaths.chunk_marker(partial, st)) for st in starts],
-                         ignore_index=True)
+    sites = pd.concat([pd.read_parquet(ChipStorePaths.chunk_marker(partial, st)) for st in starts],
+                      ignore_index=True).drop(columns="location_id")
+    scale_rank = {sc.name: i for i, sc in enumerate(scales)}
+    per_location = pd.DataFrame({"location_id": loc_ids, "index": row_of_location})
+    manifest = per_location.merge(sites, on="index", how="left", validate="many_to_many")
     manifest = manifest.sort_values(["scale", "index"], kind="stable",
-                                    key=lambda c: c.map({sc.name: i for i, sc in enumerate(scales)})
-                                    if c.name == "scale" else c).reset_index(drop=True)
+                                    key=lambda c: c.map(scale_rank) if c.name == "scale" else c).reset_index(drop=True)
+    check_imagery(manifest, scales)  # before the store is complete: a failed check leaves no manifest
     if store.chips.exists():
         shutil.rmtree(store.chips)
     shutil.rmtree(ChipStorePaths.chunk_marker(partial, 0).parent)
     plan_file.unlink()
     os.replace(partial, store.chips)
-    write_with(store.locations, lambda t: pd.DataFrame({"location_id": list(ids)}).to_parquet(t, index=False))
+    write_with(store.locations, lambda t: per_location.rename(columns={"index": "row"}).to_parquet(t, index=False))
     write_with(store.manifest, lambda t: manifest.to_parquet(t, index=False))
     return manifest
+
+
+def check_imagery(manifest: pd.DataFrame, scales: Sequence[ScaleConfig]) -> None:
+    """Stop when the scenes hold no valid pixel in any window of the locations they cover (a scene that is
+    all nodata or all cloud there): the study would be a covariates-only result labelled multi-scale.
+
+    Raises:
+        ImageryError: naming the scales and the scenes.
+    """
+    kept = manifest[~manifest["dropped"]]
+    if len(kept) and (kept["valid_fraction"] <= 0).all():
+        scenes = sorted(set(kept["scene"]) - {""})[:3]
+        raise ImageryError("scenes", "valid pixels in the windows of the trial locations",
+                           f"valid fraction 0 in every window of every scale ({', '.join(s.name for s in scales)}) "
+                           f"of {kept['location_id'].nunique()} locations in {scenes}: no imagery",
+                           "check the scenes' nodata value, cloud masks and footprint (tile.nodata, data.scenes)")

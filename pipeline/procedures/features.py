@@ -46,13 +46,15 @@ def location_embeddings(embed: EmbeddingPaths, encoders, scales, copies: dict, c
 
 
 def location_rows(location_ids, store: ChipStorePaths, source: str) -> np.ndarray:
-    """Row of each location in the chip store (and so in its embeddings).
+    """Row of each location in the chip store (and so in its embeddings); locations at one coordinate share
+    a row (their chips are cut and embedded once).
 
     Raises:
         UnitsError: naming ``source`` when a location was never tiled.
     """
     locations = pd.read_parquet(require(store.locations, "the chip store's location list"))
-    pos = pd.Series(np.arange(len(locations)), index=locations["location_id"].astype(str))
+    rows = locations["row"].to_numpy() if "row" in locations else np.arange(len(locations))
+    pos = pd.Series(rows, index=locations["location_id"].astype(str))
     ids = pd.Series(location_ids).astype(str)
     idx = pos.reindex(ids).to_numpy()
     if np.isnan(idx.astype(float)).any():

@@ -9,6 +9,7 @@ import geopandas as gpd
 
 from ..core.artifacts import write_json, write_with
 from ..core.config import Config
+from ..core.errors import warn_all
 from ..core.layout import StudyLayout
 from ..core.units import load_study_units, validate_units, write_units
 from ..estimate.cate import check_trial_design
@@ -36,6 +37,7 @@ def ingest(cfg: Config, out: str | os.PathLike, params_dir: str | os.PathLike) -
     write ``units.parquet`` and the ingest report (rows read, recoded, imputed, dropped)."""
     layout = StudyLayout(out)
     units, report = load_study_units(cfg.data, Path(params_dir))
+    report["warnings"] = warn_all(report.get("warnings", []))
     # the cross-fitting design is checked now, before tiling and embedding, on the folds the cate stage will use
     check_trial_design(units["W"].to_numpy(), units["cluster_id"].astype(str).to_numpy(), cfg.cate.folds, cfg.seed)
     write_units(units, layout.units)

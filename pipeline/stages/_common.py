@@ -9,13 +9,26 @@ from typing import Callable
 from models.errors import EncoderError
 
 from ..core.config import Config, load_config
-from ..core.errors import PipelineError
+from ..core.errors import DataWarning, PipelineError
 
 USER_ERRORS = (PipelineError, EncoderError)
 
 
 def guarded(name: str, debug: bool, func, *args) -> int:
-    """Run ``func(*args)``; on bad input print one line naming it and return 2 (re-raise with ``debug``)."""
+    """Run ``func(*args)``; on bad input print one line naming it and return 2 (re-raise with ``debug``).
+
+    Data warnings (:class:`pipeline.core.errors.DataWarning`) are printed as one ``warning [name]`` line each.
+    """
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, DataWarning):
+            print(f"warning [{name}] {message}", file=sys.stderr)
+        else:
+            default_show(message, category, filename, lineno, file, line)
+
+    default_show = warnings.showwarning
+    warnings.showwarning = show
     try:
         func(*args)
     except USER_ERRORS as exc:
@@ -28,6 +41,8 @@ def guarded(name: str, debug: bool, func, *args) -> int:
             raise
         print(f"error [{name}] {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = default_show
     return 0
 
 
