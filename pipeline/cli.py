@@ -125,9 +125,7 @@ def cmd_init(args) -> None:
         """))
     (folder / ".gitignore").write_text(f"/{StudyLayout('out').out.name}/\n")
     if not _inside_dvc_repo(folder.resolve()):
-        from dvc.repo import Repo
-
-        Repo.init(str(folder), no_scm=True)
+        _dvc_init(folder)
         with open(folder / ".dvc" / "config", "w") as fh:
             fh.write("[core]\n    analytics = false\n    no_scm = true\n")
     if note:
@@ -155,6 +153,32 @@ def _fit_folds_to_trial(params: dict, cfg, units) -> str:
     params.setdefault("cate", {})["folds"] = fits[0]
     return (f"cate.folds set to {fits[0]} (not {k}): the trial has {len(arm)} clusters ({int(arm.sum())} treated, "
             f"{int((1 - arm).sum())} control), too few for {k} cross-fitting folds")
+
+
+def _dvc_init(folder: Path) -> None:
+    """``dvc init --no-scm`` in-process, quietly (warnings only), its log lines going to today's streams.
+
+    Importing ``dvc`` attaches stream handlers to the ``sys.stdout``/``sys.stderr`` of that moment; in a
+    long-lived process (a notebook, a test runner) those streams may since have been replaced and closed, and
+    DVC raises when it logs to one. For the call the handlers point at the current streams; afterwards they
+    are restored.
+    """
+    import logging
+
+    from dvc.repo import Repo
+
+    log = logging.getLogger("dvc")
+    handlers = [h for h in log.handlers if isinstance(h, logging.StreamHandler)]
+    saved = [h.stream for h in handlers], log.level
+    try:
+        for h in handlers:
+            h.stream = sys.stderr if h.level >= logging.WARNING else sys.stdout
+        log.setLevel(logging.WARNING)
+        Repo.init(str(folder), no_scm=True)
+    finally:
+        for h, stream in zip(handlers, saved[0]):
+            h.stream = stream
+        log.setLevel(saved[1])
 
 
 def _inside_dvc_repo(path: Path) -> bool:

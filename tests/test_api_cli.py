@@ -228,3 +228,30 @@ def test_unwritable_study_folder_is_a_typed_error(tmp_path, monkeypatch):
         mc.Study(tmp_path / "ro", params={"seed": 1})
     assert "params.yaml" in exc.value.where and "Permission denied" in exc.value.got
     assert not (tmp_path / "ro" / "params.yaml").exists()
+
+
+def test_init_survives_dvc_handlers_on_closed_streams(tmp_path):
+    """Importing dvc binds its log handlers to the streams of that moment; a later `mscate init` in the same
+    process (a notebook, a test runner that replaced and closed them) must still initialise the study."""
+    import io
+    import logging
+
+    import dvc  # noqa: F401  (attaches the handlers)
+
+    from pipeline.cli import _dvc_init
+
+    handlers = [h for h in logging.getLogger("dvc").handlers if isinstance(h, logging.StreamHandler)]
+    assert handlers
+    saved = [h.stream for h in handlers]
+    dead = io.StringIO()
+    dead.close()
+    try:
+        for h in handlers:
+            h.stream = dead
+        (tmp_path / "s").mkdir()
+        _dvc_init(tmp_path / "s")
+        assert (tmp_path / "s" / ".dvc" / "config").is_file()
+        assert all(h.stream is dead for h in handlers)  # restored as found
+    finally:
+        for h, s in zip(handlers, saved):
+            h.stream = s

@@ -398,3 +398,177 @@ def test_symlink_loop_is_named_as_such(tmp_path):
     with pytest.raises(ImageryError) as exc:
         SceneCatalog.from_paths([tmp_path / "a.tif"])
     assert "a.tif" in exc.value.where and "loop" in exc.value.got
+
+
+# --- #15: inputs a new study meets (each test failed before the fix) ---------------------------------------
+
+def _utm_points(xs, ys):
+    lon, lat = Transformer.from_crs(32636, 4326, always_xy=True).transform(np.asarray(xs, float),
+                                                                          np.asarray(ys, float))
+    return np.asarray(lon), np.asarray(lat)
+
+
+def _locations(lon, lat, ids=None):
+    import geopandas as gpd
+
+    ids = ids if ids is not None else [f"l{i}" for i in range(len(lon))]
+    return gpd.GeoDataFrame({"location_id": ids}, geometry=gpd.points_from_xy(lon, lat), crs=4326)
+
+
+def _uniform_raster(path, value=1.5, bands=3, size=100, **kw):
+    return write_raster(path, np.full((bands, size, size), value, np.float32), **kw)
+
+
+def test_geographic_scene_windows_are_metres(tmp_path):
+    """An EPSG:4326 scene: a 240 m window is 240 m on the ground (about 0.00216 degrees), not 240 degrees
+    (which asked for 275 TiB); the chip equals the one cut from the same ground in a UTM scene (item 2)."""
+    res_deg = 0.00027
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0, 1, (2, 200, 200)).astype(np.float32)
+    geo = write_raster(tmp_path / "geo.tif", data, crs="EPSG:4326", x0=33.0, y0=0.6, res=res_deg)
+    cs = tile_locations(SceneCatalog.from_paths([geo]), ["a"], np.array([33.027]), np.array([0.573]),
+                        [ScaleConfig("s", 240.0, 8)])
+    row = cs.manifest.iloc[0]
+    assert row["valid_fraction"] == pytest.approx(1.0)
+    width_m = (row["maxx"] - row["minx"]) * 111412.84 * np.cos(np.radians(0.573))
+    height_m = (row["maxy"] - row["miny"]) * 110574.3
+    assert width_m == pytest.approx(240, rel=1e-3) and height_m == pytest.approx(240, rel=1e-3)
+    assert np.isfinite(cs.chips["s"]).all()
+
+
+def test_reads_are_bounded_in_memory(tmp_path):
+    from pipeline.imagery.tiling import MAX_BLOCK_BYTES
+
+    path = _uniform_raster(tmp_path / "a.tif")
+    lon, lat = _utm_points([501500], [98500])
+    huge = ScaleConfig("huge", 30.0 * np.sqrt(MAX_BLOCK_BYTES / 12), 8)
+    with pytest.raises(TilingError) as exc:
+        tile_locations(SceneCatalog.from_paths([path]), ["a"], lon, lat, [huge])
+    assert "huge" in exc.value.where and "GiB" in exc.value.got
+
+
+@pytest.mark.parametrize("on_outside", ["error", "drop"])
+def test_points_on_edges_and_just_outside_get_partial_windows(tmp_path, on_outside):
+    """Points on a corner, on an edge, or half a pixel outside keep a partial window with its true valid
+    fraction, under both policies (item 3)."""
+    path = _uniform_raster(tmp_path / "a.tif")  # 3 km x 3 km, upper-left corner (500000, 100000)
+    xs = [500000.0, 503000.0, 500000.0 - 15, 501500.0, 501500.0]
+    ys = [100000.0, 97000.0, 98500.0, 100000.0 + 15, 97000.0]
+    lon, lat = _utm_points(xs, ys)
+    cs = tile_locations(SceneCatalog.from_paths([path]), list("abcde"), lon, lat, [ScaleConfig("s", 240.0, 8)],
+                        on_outside=on_outside)
+    vf = cs.manifest.set_index("location_id")["valid_fraction"]
+    assert vf["a"] == pytest.approx(0.25) and vf["b"] == pytest.approx(0.25)
+    assert vf["c"] == pytest.approx(105 / 240) and vf["d"] == pytest.approx(105 / 240)
+    assert vf["e"] == pytest.approx(0.5) and not cs.manifest["dropped"].any()
+
+
+def test_band_per_file_glob_is_one_multiband_scene(tmp_path):
+    """One file per band on one grid, given by a glob, is one scene with all bands, not several one-band
+    scenes picked per location (item 4)."""
+    from pipeline.imagery.scenes import resolve_scene_paths
+
+    for k, v in ((10, 0.1), (20, 0.2), (30, 0.3)):
+        _uniform_raster(tmp_path / f"lsat7_2000_{k}.tif", value=v, bands=1)
+    catalog = SceneCatalog.from_paths(resolve_scene_paths(["lsat7_*.tif"], base=tmp_path))
+    assert len(catalog.scenes) == 1 and catalog.scenes[0].band_names == ("10", "20", "30")
+    assert catalog.notes and "stacked" in catalog.notes[0]
+    lon, lat = _utm_points([501500], [98500])
+    cs = tile_locations(catalog, ["a"], lon, lat, [ScaleConfig("s", 240.0, 4)])
+    np.testing.assert_allclose(cs.chips["s"][0, :, 0, 0], [0.1, 0.2, 0.3], rtol=1e-6)
+    picked = SceneCatalog.from_paths(resolve_scene_paths(["lsat7_*.tif"], base=tmp_path), bands=["30", "10"])
+    assert picked.scenes[0].band_names == ("30", "10")
+
+
+def _tile_with_warnings(tmp_path, locs, paths, **tile):
+    import warnings
+
+    from pipeline.core.config import TileConfig
+    from pipeline.core.errors import DataWarning
+    from pipeline.procedures.tile import tile_points
+
+    cfg = TileConfig(**{"scales": (ScaleConfig("s", 240.0, 8),), **tile})
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        manifest = tile_points(locs, [str(p) for p in paths], cfg, tmp_path / "store", progress=False)
+    messages = [str(r.message) for r in rec if issubclass(r.category, DataWarning)]
+    return manifest, messages
+
+
+def test_zero_fill_without_nodata_warns_and_tile_nodata_fixes_it(tmp_path):
+    """A 0-DN border in a file that declares no nodata: the chips over it warn; ``tile.nodata: 0`` makes the
+    border invalid and the valid fraction true (item 5)."""
+    data = np.full((3, 100, 100), 120, np.uint8)
+    data[:, :, :50] = 0  # western half is fill
+    path = write_raster(tmp_path / "a.tif", data)
+    lon, lat = _utm_points([501500], [98500])  # the window straddles the fill's edge
+    manifest, messages = _tile_with_warnings(tmp_path, _locations(lon, lat), [path])
+    assert manifest["valid_fraction"].iloc[0] == pytest.approx(1.0)
+    assert any("exactly 0 in every band" in m and "tile.nodata: 0" in m for m in messages)
+    manifest, messages = _tile_with_warnings(tmp_path, _locations(lon, lat), [path], nodata=0.0)
+    assert manifest["valid_fraction"].iloc[0] == pytest.approx(0.5)
+    assert not any("exactly 0" in m for m in messages)
+
+
+def test_scene_all_nodata_at_the_locations_is_an_error(tmp_path):
+    from pipeline.core.layout import ChipStorePaths
+
+    path = _uniform_raster(tmp_path / "a.tif", value=-9999.0, nodata=-9999.0)
+    lon, lat = _utm_points([501000, 502000], [98000, 99000])
+    with pytest.raises(ImageryError) as exc:
+        _tile_with_warnings(tmp_path, _locations(lon, lat), [path])
+    assert "no imagery" in exc.value.got
+    assert not ChipStorePaths(tmp_path / "store").manifest.exists()  # no complete-looking store
+
+
+def test_windows_larger_than_the_scene_and_mostly_invalid_scales_warn(tmp_path):
+    path = _uniform_raster(tmp_path / "a.tif")  # 3 km wide
+    lon, lat = _utm_points([501500, 500100, 502900], [98500, 99900, 97100])
+    scales = (ScaleConfig("s", 240.0, 8), ScaleConfig("big", 6000.0, 8))
+    _, messages = _tile_with_warnings(tmp_path, _locations(lon, lat), [path], scales=scales)
+    assert any("scale big" in m and "larger than scene" in m for m in messages)
+    lon, lat = _utm_points([500000, 503000], [100000, 97000])  # on two corners: a quarter of each window
+    _, messages = _tile_with_warnings(tmp_path, _locations(lon, lat), [path])
+    assert any("scale s" in m and "mostly invalid" in m for m in messages)
+
+
+def test_outside_counts_name_the_whole_and_all_outside_is_its_own_error(tmp_path):
+    """Ten of fifty points outside say "10 of 50"; with on_outside: drop and every point outside, the error
+    says no location is inside any scene (it suggested fewer cate folds) (item 7)."""
+    path = _uniform_raster(tmp_path / "a.tif")
+    rng = np.random.default_rng(1)
+    xs = np.r_[rng.uniform(500300, 502700, 40), rng.uniform(520000, 530000, 10)]
+    lon, lat = _utm_points(xs, rng.uniform(97300, 99700, 50))
+    with pytest.raises(ImageryError) as exc:
+        _tile_with_warnings(tmp_path, _locations(lon, lat), [path])
+    assert "10 of 50" in exc.value.got
+    manifest, messages = _tile_with_warnings(tmp_path, _locations(lon, lat), [path], on_outside="drop")
+    assert any(m.startswith("10 of 50 locations are outside") for m in messages)
+    with pytest.raises(ImageryError) as exc:
+        _tile_with_warnings(tmp_path, _locations(lon[40:], lat[40:]), [path], on_outside="drop")
+    assert "10 of 10" in exc.value.got and "cover the trial" in exc.value.fix and "folds" not in str(exc.value)
+
+
+def test_locations_sharing_a_coordinate_are_tiled_once(tmp_path):
+    """Many location ids at a few coordinates: one chip per distinct coordinate, every location mapped to
+    it, and the same chips as tiling the distinct coordinates alone (item 12)."""
+    import pandas as pd
+
+    from pipeline.core.layout import ChipStorePaths
+    from pipeline.imagery.tiling import read_chip_store
+    from pipeline.procedures.features import location_rows
+
+    rng = np.random.default_rng(2)
+    data = rng.uniform(0, 1, (3, 100, 100)).astype(np.float32)
+    path = write_raster(tmp_path / "a.tif", data)
+    lon5, lat5 = _utm_points(rng.uniform(500300, 502700, 5), rng.uniform(97300, 99700, 5))
+    pick = rng.integers(0, 5, 400)
+    ids = [f"loc{i}" for i in range(400)]
+    manifest, _ = _tile_with_warnings(tmp_path, _locations(lon5[pick], lat5[pick], ids), [path])
+    _, chips, _ = read_chip_store(tmp_path / "store", in_memory=True)
+    assert chips["s"].shape[0] == len(set(pick)) and len(manifest) == 400
+    rows = location_rows(ids, ChipStorePaths(tmp_path / "store"), "test")
+    ref = tile_locations(SceneCatalog.from_paths([path]), list(map(str, range(5))), lon5, lat5,
+                         [ScaleConfig("s", 240.0, 8)])
+    np.testing.assert_array_equal(chips["s"][rows], ref.chips["s"][pick])
+    assert pd.Series(rows).groupby(pick).nunique().max() == 1
