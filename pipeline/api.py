@@ -31,9 +31,9 @@ from typing import Any, Mapping
 import geopandas as gpd
 import yaml
 
-from .core.artifacts import write_with
+from .core.artifacts import write_json, write_with
 from .core.config import ColumnsConfig, Config, DataConfig, config_from_dict, load_config
-from .core.layout import StudyLayout, study_stages
+from .core.layout import StudyLayout, params_digests, study_stages
 from .core.layout import StudyResult as _StudyResult
 from .core.layout import load_result as _load_result
 
@@ -72,9 +72,10 @@ class StudyResult(_StudyResult):
         return write_report(self.out, path, title=title)
 
 
-def load_result(out: str | os.PathLike) -> StudyResult:
-    """A :class:`StudyResult` from a study's output folder (run through this API, the CLI or ``dvc repro``)."""
-    return _load_result(out, cls=StudyResult)
+def load_result(out: str | os.PathLike, params: str | os.PathLike | None = None) -> StudyResult:
+    """A :class:`StudyResult` from a study's output folder (run through this API, the CLI or ``dvc repro``);
+    with ``params`` (the study's ``params.yaml``), results made with other params are refused."""
+    return _load_result(out, cls=StudyResult, params=params)
 
 
 class Study:
@@ -150,14 +151,27 @@ class Study:
         return evaluate.run(self.config, self.out)
 
     def run(self) -> StudyResult:
-        """Run every stage in order and return the result."""
+        """Run every stage in order and return the result.
+
+        The previous result is withdrawn first, so a run that fails leaves no result behind to be mistaken
+        for its own; the params of a complete run are recorded beside its metrics.
+        """
+        ev = self.layout.evaluate
+        for stale in (ev.run_record, ev.metrics):
+            stale.unlink(missing_ok=True)
         for stage in self.stages:
             getattr(self, stage)()
+        write_json(ev.run_record, {"params": params_digests(self.config)})
         return self.result()
 
     def result(self) -> StudyResult:
-        """Load the outputs of a study that has run (through this API or ``dvc repro``)."""
-        return load_result(self.out)
+        """Load the outputs of a study that has run (through this API or ``dvc repro``).
+
+        Raises:
+            ArtifactError: when the study has not run, or its results were made with other params than the
+                folder's ``params.yaml`` (changed since, or a later run failed).
+        """
+        return load_result(self.out, params=self.params_path)
 
 
 def _plain(obj):

@@ -205,7 +205,7 @@ def cmd_report(args) -> None:
     folder = Path(args.study_dir)
     out = folder / args.out
     path = write_report(out, Path(args.html) if args.html else StudyLayout.study_report(folder),
-                        title=args.title or folder.resolve().name)
+                        title=args.title or folder.resolve().name, params=folder / "params.yaml")
     print(f"mscate report: {path} and {path.with_suffix('.md')}")
 
 

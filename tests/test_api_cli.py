@@ -255,3 +255,50 @@ def test_init_survives_dvc_handlers_on_closed_streams(tmp_path):
     finally:
         for h, s in zip(handlers, saved):
             h.stream = s
+
+
+@needs_scene
+def test_changed_or_failed_run_is_never_reported_as_the_old_one(tmp_path):
+    """New params without a run, or a new run that fails at ingest: the old results are refused by
+    ``result()``, ``report()`` and ``mscate report`` instead of being shown under the new params (#15 item 9)."""
+    import pipeline as mc
+    from pipeline.core.errors import ArtifactError
+
+    params = init_small_study(tmp_path, "s")
+    folder = tmp_path / "s"
+    mc.Study(folder, params=params).run()
+    assert mc.Study(folder).result().metrics["sets"]
+    assert mscate(["report", str(folder)]) == 0
+
+    changed = {**params, "cate": {**params["cate"], "n_estimators": 48}}
+    mc.Study(folder, params=changed)  # params replaced, nothing run
+    with pytest.raises(ArtifactError) as exc:
+        mc.Study(folder).result()
+    assert "cate" in exc.value.got and "rerun" in exc.value.fix
+    assert mscate(["report", str(folder)]) == 2
+
+    broken = {**params, "data": {**params["data"], "units": "no_such_units.csv"}}
+    with pytest.raises(Exception):
+        mc.Study(folder, params=broken).run()
+    with pytest.raises(ArtifactError):
+        mc.Study(folder).result()
+    assert mscate(["report", str(folder)]) == 2
+
+    mc.Study(folder, params=params).run()  # back to the first params: a complete run is reported again
+    assert mc.Study(folder).result().metrics["sets"]
+
+
+def test_results_checked_against_dvc_lock(tmp_path):
+    """A study run by ``dvc repro`` is checked through its dvc.lock: a stage whose params changed since it last
+    ran (or failed to rerun) makes the results stale; unchanged params pass."""
+    from pipeline.core.layout import stale_sections
+
+    (tmp_path / "params.yaml").write_text("seed: 1\ncate:\n  folds: 5\nevaluate:\n  n_boot: 200\n")
+    lock = {"schema": "2.0", "stages": {
+        "ingest": {"cmd": "x", "params": {"params.yaml": {"seed": 1, "cate.folds": 5}}},
+        "evaluate": {"cmd": "y", "params": {"params.yaml": {"evaluate": {"n_boot": 200}}}}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    assert stale_sections(tmp_path / "out", tmp_path / "params.yaml")[0] == []
+    (tmp_path / "params.yaml").write_text("seed: 1\ncate:\n  folds: 3\nevaluate:\n  n_boot: 200\n")
+    changed, rerun = stale_sections(tmp_path / "out", tmp_path / "params.yaml")
+    assert changed == ["cate.folds (read by ingest)"] and rerun == "dvc repro"

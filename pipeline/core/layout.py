@@ -143,6 +143,12 @@ class EvaluatePaths:
     def toc_png(self) -> Path:
         return self.root / "toc.png"
 
+    @property
+    def run_record(self) -> Path:
+        """The params (per section, as digests) of the last complete run through the library API; written
+        after every stage succeeded, removed whenever the evaluate stage runs on its own."""
+        return self.root / "run.json"
+
 
 @dataclass(frozen=True)
 class ScalingPaths:
@@ -445,17 +451,93 @@ class StudyResult:
     cate: object  # geopandas.GeoDataFrame
 
 
-def load_result(out: str | os.PathLike, cls: type = StudyResult):
-    """A :class:`StudyResult` (or the subclass ``cls``) from a study's output folder, whether it ran
-    through the API, the CLI or ``dvc repro``.
+RESULT_SECTIONS = ("seed", "data", "simulate", "tile", "embed", "features", "cate", "evaluate")
+"""The params sections a study's result depends on (``compute`` changes where, not what, is computed)."""
+
+
+def params_digests(cfg) -> dict[str, str]:
+    """SHA-256 of each :data:`RESULT_SECTIONS` section of a validated config (canonical JSON)."""
+    import dataclasses
+    import hashlib
+
+    def digest(value) -> str:
+        plain = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value
+        text = json.dumps(plain, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    return {name: digest(getattr(cfg, name)) for name in RESULT_SECTIONS}
+
+
+def _dotted(tree, key: str):
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def stale_sections(out: str | os.PathLike, params_path: str | os.PathLike) -> tuple[list[str], str]:
+    """What the results in ``out`` were not made with, compared with the current ``params_path``.
+
+    The API's run record (:attr:`EvaluatePaths.run_record`) is compared section by section; a study run by
+    ``dvc repro`` is compared through its ``dvc.lock`` (the params each stage last ran with), beside the
+    params file. Returns the changed sections or keys (empty when current or when neither record exists)
+    and the command that brings the results up to date.
+    """
+    import yaml
+
+    from .config import load_config
+
+    layout, params_path = StudyLayout(out), Path(params_path)
+    if not params_path.is_file():
+        return [], ""
+    if layout.evaluate.run_record.is_file():
+        made = json.loads(layout.evaluate.run_record.read_text()).get("params", {})
+        now = params_digests(load_config(params_path))
+        return [k for k in RESULT_SECTIONS if made.get(k) != now[k]], "Study(folder).run() or mscate run"
+    lock = params_path.parent / "dvc.lock"
+    if not lock.is_file():
+        return [], ""
+    current = yaml.safe_load(params_path.read_text()) or {}
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    changed = []
+    for stage, entry in stages.items():
+        for key, value in ((entry or {}).get("params", {}).get(params_path.name, {}) or {}).items():
+            if _dotted(current, key) != value:
+                changed.append(f"{key} (read by {stage})")
+    return changed, "dvc repro"
+
+
+def check_current(out: str | os.PathLike, params_path: str | os.PathLike) -> None:
+    """Refuse results that another ``params.yaml`` made (a changed or failed run is never reported as the
+    old one).
 
     Raises:
-        ArtifactError: when the study has not been evaluated yet.
+        ArtifactError: naming the changed sections and the command that reruns the study.
+    """
+    from .errors import ArtifactError
+
+    changed, rerun = stale_sections(out, params_path)
+    if changed:
+        raise ArtifactError(str(Path(out)), f"results made with the current {Path(params_path).name}",
+                            f"results made before {', '.join(changed[:6])}{' ...' if len(changed) > 6 else ''} "
+                            "changed (or a run since then failed)", f"rerun the study ({rerun})")
+
+
+def load_result(out: str | os.PathLike, cls: type = StudyResult, params: str | os.PathLike | None = None):
+    """A :class:`StudyResult` (or the subclass ``cls``) from a study's output folder, whether it ran
+    through the API, the CLI or ``dvc repro``. With ``params`` (the study's ``params.yaml``), results made
+    with other params are refused (:func:`check_current`).
+
+    Raises:
+        ArtifactError: when the study has not been evaluated yet, or was evaluated with other params.
     """
     import geopandas as gpd
     import pandas as pd
 
     layout = StudyLayout(out)
+    if params is not None:
+        check_current(out, params)
     ev = layout.evaluate
     metrics = json.loads(require(ev.metrics, "the evaluate stage's metrics.json").read_text())
     rate_table = pd.read_csv(ev.rate_table)

@@ -156,5 +156,6 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
 def run(cfg: Config, out: str | os.PathLike) -> dict:
     """The evaluate stage: ``out/cate`` (and a simulation's true CATE) into ``out/evaluate``."""
     layout = StudyLayout(out)
+    layout.evaluate.run_record.unlink(missing_ok=True)  # a record of an earlier run no longer describes these
     truth = layout.truth if layout.truth.exists() else None
     return evaluate_study(layout.cate.root, cfg.evaluate, cfg.seed, layout.evaluate.root, truth)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ..core.artifacts import write_with
 from ..core.errors import ArtifactError
-from ..core.layout import StudyLayout, load_result
+from ..core.layout import StudyLayout, check_current, load_result
 from .figures import plot_cate_map, plot_importance
 
 
@@ -132,12 +132,16 @@ def _scaling_sections(out) -> tuple[list[str], list[str]]:
     return parts, ["## Model scaling: complexity and speed", _md_table(headers, rows)]
 
 
-def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report"):
+def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report",
+                 params: str | os.PathLike | None = None):
     """Write one self-contained HTML report (images embedded, no JavaScript) and a Markdown summary
     (same name, ``.md``) from a study's output folder (a CATE study, a scaling study, or both); return the
-    HTML path."""
+    HTML path. With ``params`` (the study's ``params.yaml``), results made with other params are refused
+    (:func:`pipeline.core.layout.check_current`)."""
     out, path = Path(out), Path(path)
     layout = StudyLayout(out)
+    if params is not None and layout.evaluate.metrics.exists():
+        check_current(out, params)
     has_study = layout.evaluate.metrics.exists()
     has_scaling = layout.scaling.metrics.exists()
     if not (has_study or has_scaling):
