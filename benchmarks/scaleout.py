@@ -3,12 +3,18 @@ statistics) a generated study of N locations x 4 scales on a Dask LocalCluster o
 processes, in one process; print throughput, the 1 -> 2 speed-up and the peak memory (this process plus its
 workers, sampled every 0.2 s). Set NUMBA_NUM_THREADS=1 to keep each worker on one core.
 
-    python benchmarks/scaleout.py [--n 50000] [--size 8000]
+Then the cate stage of a study that has run (default: the default study's ``out/`` and ``params.yaml``,
+after ``dvc repro``): synchronous (forests on ``cate.n_jobs`` threads), on 1 and on 2 workers; wall times,
+speed-ups and whether the outputs are bitwise identical.
+
+    python benchmarks/scaleout.py [--n 50000] [--size 8000] [--study-out out --params params.yaml]
+    python benchmarks/scaleout.py --cate-only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import threading
 import time
@@ -55,11 +61,59 @@ class PeakRSS:
         self._t.join()
 
 
+def digest(folder: Path) -> dict[str, str]:
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def cate_scaleout(study_out: Path, params: Path) -> None:
+    """The cate stage synchronously and on 1 and 2 LocalCluster workers; times and bitwise equality."""
+    from distributed import Client, LocalCluster
+
+    from pipeline.core.config import load_config
+    from pipeline.core.layout import StudyLayout
+    from pipeline.procedures.cate import run_cate
+
+    layout = StudyLayout(study_out)
+    if not layout.features.index.is_file():
+        print(f"cate: no features at {layout.features.root}; run the study first (dvc repro), or pass --study-out")
+        return
+    cfg = load_config(params)
+    n_sets = len(json.loads(layout.features.index.read_text())["sets"])
+    times, digests = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("synchronous", 1, 2):
+            out = Path(tmp) / f"cate-{mode}"
+            if mode == "synchronous":
+                t0 = time.perf_counter()
+                run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, out, progress=False)
+            else:
+                with LocalCluster(n_workers=mode, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster, Client(cluster) as client:
+                    t0 = time.perf_counter()
+                    run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, out, progress=False,
+                             client=client)
+            times[mode] = time.perf_counter() - t0
+            digests[mode] = digest(out)
+            print(f"cate stage ({n_sets} scale sets), {mode if mode == 'synchronous' else f'{mode} worker(s)'}: "
+                  f"{times[mode]:6.1f} s", flush=True)
+    same = digests[1] == digests["synchronous"] == digests[2]
+    print(f"cate speed-up: 1 -> 2 workers {times[1] / times[2]:.2f}x, synchronous -> 2 workers "
+          f"{times['synchronous'] / times[2]:.2f}x; outputs bitwise identical: {same}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--size", type=int, default=8000, help="generated scene side in pixels (30 m)")
+    ap.add_argument("--study-out", type=Path, default=Path("out"), help="a study's output folder (cate part)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="that study's params (cate part)")
+    ap.add_argument("--cate-only", action="store_true", help="only the cate stage")
     args = ap.parse_args()
+    if args.cate_only:
+        cate_scaleout(args.study_out, args.params)
+        return
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
@@ -97,6 +151,7 @@ def main() -> None:
         b = np.load(Path(tmp) / "embed2" / "spectral" / "s960m.npy")
         print(f"speed-up 1 -> 2 workers: tiling {results[1][0] / results[2][0]:.2f}x, embedding "
               f"{results[1][1] / results[2][1]:.2f}x; embeddings identical: {np.array_equal(a, b)}")
+    cate_scaleout(args.study_out, args.params)
 
 
 if __name__ == "__main__":

@@ -409,3 +409,26 @@ def test_too_small_trial_stops_naming_folds_and_the_minimum():
     with pytest.raises(EstimationError) as exc:
         check_trial_design(W, clusters, 2, 0)
     assert "4 treated and 4 control clusters" in exc.value.fix
+
+
+def test_ridge_path_equals_the_full_penalised_solve():
+    """The eigendecomposition path (intercept projected out) gives the same coefficients as solving the
+    penalised system with the unpenalised first column directly, for every penalty, with a constant column."""
+    from pipeline.estimate.cate import _ridge_solve, _RidgePath
+
+    rng = np.random.default_rng(4)
+    for p in (2, 9, 40):
+        D = rng.normal(size=(150, p))
+        D[:, -1] = 0.0  # a feature constant after standardisation
+        y = rng.normal(size=150)
+        path = _RidgePath(D, y)
+        for alpha in (1e-2, 1.0, 37.0, 1e5):
+            np.testing.assert_allclose(path.coef(alpha), _ridge_solve(D, y, alpha)[0], rtol=1e-9, atol=1e-12)
+
+
+def test_mtry_is_grfs_default():
+    """The mtry rule is grf's min(ceil(sqrt(p)) + 20, p): all features up to p = 25, then sqrt(p) + 20."""
+    from pipeline.estimate.cate import mtry_features
+
+    assert [mtry_features("grf", p) for p in (1, 20, 25, 26, 111, 10_000)] == [1, 20, 25, 26, 31, 120]
+    assert mtry_features("all", 111) == 111 and mtry_features(7, 5) == 5 and mtry_features(7, 50) == 7

@@ -41,6 +41,8 @@ def test_wrong_type_names_key():
     ({"cate": {"n_estimators": 102}}, "cate.n_estimators"),
     ({"cate": {"max_samples": 0.8}}, "cate.max_samples"),
     ({"cate": {"propensity": 1.2}}, "cate.propensity"),
+    ({"cate": {"mtry": "sqrt"}}, "cate.mtry"),
+    ({"cate": {"mtry": 0}}, "cate.mtry"),
     ({"tile": {"scales": [{"name": "a", "size_m": -5.0, "px": 8}]}}, "tile.scales[0].size_m"),
     ({"tile": {"scales": [{"name": "a", "size_m": 100.0, "px": 0}]}}, "tile.scales[0].px"),
     ({"tile": {"scales": [{"name": "a", "size_m": 100.0}]}}, "tile.scales[0]"),

@@ -140,19 +140,66 @@ def test_sigkill_mid_stage_leaves_nothing_complete_and_rerun_is_identical(tiny_s
 
 
 def test_local_dask_cluster_equals_synchronous_bitwise(tiny_study):
-    """Tile and embed on a LocalCluster of 2 worker processes write the same bytes as the synchronous run."""
+    """Tile, embed and the cate stage's forests on a LocalCluster of 2 worker processes write the same bytes
+    as the synchronous run (whose forests used 2 threads: the thread count does not change a bit either)."""
     params, out = tiny_study
     cfg = yaml.safe_load(params.read_text())
-    sync = {k: v for k, v in digest_tree(out).items() if k.startswith(("tile/", "embed/"))}
-    cfg["compute"] = {"scheduler": "local", "workers": 2}
+    cfg["cate"].update({"n_jobs": 2, "linear_correction": "auto"})
     params.write_text(yaml.safe_dump(cfg))
     import shutil
-    shutil.rmtree(out / "tile")
-    shutil.rmtree(out / "embed")
-    assert tile.main(["--params", str(params), "--out", str(out)]) == 0
-    assert embed.main(["--params", str(params), "--out", str(out)]) == 0
-    dask = {k: v for k, v in digest_tree(out).items() if k.startswith(("tile/", "embed/"))}
-    assert dask == sync
+    shutil.rmtree(out / "cate")
+    assert cate.main(["--params", str(params), "--out", str(out)]) == 0
+    stages = ("tile/", "embed/", "cate/")
+    sync = {k: v for k, v in digest_tree(out).items() if k.startswith(stages)}
+    cfg["compute"] = {"scheduler": "local", "workers": 2}
+    params.write_text(yaml.safe_dump(cfg))
+    for stage in stages:
+        shutil.rmtree(out / stage)
+    for stage in (tile, embed, cate):
+        assert stage.main(["--params", str(params), "--out", str(out)]) == 0
+    dask = {k: v for k, v in digest_tree(out).items() if k.startswith(stages)}
+    assert any(k.startswith("cate/") for k in dask) and dask == sync
+
+
+def test_killed_worker_mid_cate_gives_identical_estimates(tiny_study):
+    """A Dask worker process dies while the forests are fitted; its fits are rerun and the cate stage's
+    outputs are identical to the synchronous run."""
+    import os
+    import shutil
+    import threading
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from pipeline.core.config import load_config
+    from pipeline.core.layout import StudyLayout
+    from pipeline.procedures.cate import run_cate
+
+    params, out = tiny_study
+    cfg = load_config(params)
+    layout = StudyLayout(out)
+    sync = {k: v for k, v in digest_tree(out).items() if k.startswith("cate/")}
+    shutil.rmtree(out / "cate")
+    killed = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=50) as cluster, Client(cluster) as client:
+        def kill_one():  # kill a worker while it is fitting
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                busy = [w for w, tasks in client.processing().items() if any("fit_fold" in t for t in tasks)]
+                if busy:
+                    try:
+                        client.run(os._exit, 1, workers=[busy[0]], wait=False)
+                    except Exception:
+                        pass
+                    killed.append(busy[0])
+                    return
+                time.sleep(0.02)
+
+        threading.Thread(target=kill_one).start()
+        run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, layout.cate.root, False, client)
+    assert killed
+    assert {k: v for k, v in digest_tree(out).items() if k.startswith("cate/")} == sync
 
 
 def test_killed_worker_mid_tiling_gives_identical_chips(tiny_study):

@@ -35,9 +35,24 @@ def dask_client(cfg) -> Iterator[object | None]:
         yield client
 
 
-def run_ordered(client, func, items, retries: int = 3) -> list:
-    """``[func(*item) for item in items]``, on the cluster when ``client`` is given; results in input order."""
-    if client is None:
-        return [func(*item) for item in items]
-    futures = [client.submit(func, *item, pure=False, retries=retries) for item in items]
-    return client.gather(futures)
+def run_ordered(client, func, items, retries: int = 3, progress: str | None = None) -> list:
+    """``[func(*item) for item in items]``, on the cluster when ``client`` is given; results in input order.
+
+    ``progress``: a label for a progress bar over the items (tqdm), or None for none.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), desc=progress, unit="task", disable=progress is None)
+    with bar:
+        if client is None:
+            out = []
+            for item in items:
+                out.append(func(*item))
+                bar.update()
+            return out
+        from distributed import as_completed
+
+        futures = [client.submit(func, *item, pure=False, retries=retries) for item in items]
+        for _ in as_completed(futures):
+            bar.update()
+        return client.gather(futures)

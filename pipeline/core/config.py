@@ -29,6 +29,7 @@ ON_OUTSIDE = ("error", "drop")
 LEARNERS = ("causal_forest", "dr_forest")
 LINEAR_CORRECTIONS = ("none", "ridge", "auto")
 PROPENSITY_MODES = ("share", "estimate")
+MTRY_RULES = ("grf", "all")
 JITTER_JOINS = ("none", "mean", "concat")
 TARGETS = ("AUTOC", "QINI")
 MISSING_OUTCOME = ("error", "drop")
@@ -188,14 +189,17 @@ class CateConfig:
     learner: str = opt("causal_forest", "or dr_forest (econml ForestDRLearner)", choices=LEARNERS)
     folds: int = opt(5, "cross-fitting folds, grouped by cluster")
     n_estimators: int = opt(200, "trees of the final forest (a multiple of 4)")
-    min_samples_leaf: int = opt(5, "")
+    min_samples_leaf: int = opt(5, "smallest leaf of the final forest (grf's min.node.size)")
+    mtry: Union[int, str] = opt("grf", "features tried per split: grf (min(ceil(sqrt(p)) + 20, p), grf's default), "
+                                "all, or a number")
     max_samples: float = opt(0.45, "subsample fraction, at most 0.5 (forest inference)")
     nuisance_trees: int = opt(100, "trees of the outcome model")
     propensity: Union[float, str] = opt(0.5, "the known assignment probability, share (out-of-fold treated "
                                         "share) or estimate (out-of-fold logistic model)")
     dr_reference: str = opt("all", "scale set whose CATEs and nuisances form the DR scores")
     n_jobs: int = opt(-1, "threads (-1: all cores)")
-    shared_nuisance: bool = opt(False, "true: fit outcome/propensity models once (reference set), reuse per set")
+    shared_nuisance: bool = opt(True, "true: fit outcome/propensity models once per fold on the reference set's "
+                                "features and reuse them in every set; false: per set")
     linear_correction: str = opt("none", "ridge: a ridge R-learner index before the forest; auto: chosen per "
                                  "fold on held-out clusters", choices=LINEAR_CORRECTIONS)
 
@@ -233,8 +237,9 @@ class ExtrapolateConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Where tiling and embedding run: ``synchronous`` (default), ``local`` (a LocalCluster of ``workers``
-    processes started and stopped by the stage) or the address of a Dask scheduler (``tcp://host:8786``)."""
+    """Where tiling, embedding and the forests of the cate stage run: ``synchronous`` (default), ``local`` (a
+    LocalCluster of ``workers`` processes started and stopped by the stage) or the address of a Dask scheduler
+    (``tcp://host:8786``)."""
 
     scheduler: str = opt("synchronous", "or local (a LocalCluster started by the stage) or tcp://host:8786")
     workers: int = opt(2, "LocalCluster worker processes")
@@ -253,7 +258,7 @@ class Config:
     cate: CateConfig = opt(doc="cross-fitted causal forests", factory=CateConfig)
     evaluate: EvaluateConfig = opt(doc="RATE and inference", factory=EvaluateConfig)
     scaling: ScalingConfig = opt(doc="the scaling-strategy study", factory=ScalingConfig)
-    compute: ComputeConfig = opt(doc="where tiling and embedding run", factory=ComputeConfig)
+    compute: ComputeConfig = opt(doc="where tiling, embedding and the forests run", factory=ComputeConfig)
     extrapolate: ExtrapolateConfig = opt(doc="predictions at locations without units", factory=ExtrapolateConfig)
 
 
@@ -418,6 +423,10 @@ def _check_ranges(cfg: Config, source: str) -> None:
     if not 0 < c.max_samples <= 0.5:
         bad("cate.max_samples", "a fraction in (0, 0.5] (required by forest inference)", c.max_samples,
             "use e.g. 0.45")
+    if isinstance(c.mtry, str) and c.mtry not in MTRY_RULES:
+        bad("cate.mtry", f"one of {', '.join(MTRY_RULES)} or a positive number of features", c.mtry, "e.g. grf")
+    if isinstance(c.mtry, int) and c.mtry < 1:
+        bad("cate.mtry", "at least 1 feature per split", c.mtry, "e.g. grf")
     if isinstance(c.propensity, str) and c.propensity not in PROPENSITY_MODES:
         bad("cate.propensity", "a known assignment probability in (0, 1), 'share' (out-of-fold treated "
             "share) or 'estimate' (out-of-fold logistic model)", c.propensity, "write the design probability")

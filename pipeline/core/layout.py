@@ -340,7 +340,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("features",), ("pipeline/procedures/features.py", "pipeline/estimate/concat.py"),
               lambda L, k: [L.units, L.tile.root, L.embed.root], lambda L: [(L.features.root, {})]),
     StageSpec("cate", "cross-fitted causal forests per scale set, out-of-fold CATEs and DR scores",
-              ("seed", "cate"), ("pipeline/procedures/cate.py", "pipeline/estimate/cate.py"),
+              ("seed", "cate", "compute"), ("pipeline/procedures/cate.py", "pipeline/estimate/cate.py"),
               lambda L, k: [L.units, L.features.root], lambda L: [(L.cate.root, {})]),
     StageSpec("evaluate", "RATE (AUTOC, QINI), RATE Ratio, paired tests, TOC table and figure, metrics.json",
               ("seed", "evaluate"), ("pipeline/procedures/evaluate.py", "pipeline/estimate/inference.py",

@@ -208,17 +208,31 @@ def propensity_model(propensity):
     return KnownPropensity(float(propensity))
 
 
-def outcome_model(params, seed: int) -> ReproducibleForestRegressor:
-    """The outcome nuisance m(x) = E[Y | X = x]: a random forest of ``params.nuisance_trees`` trees."""
-    return ReproducibleForestRegressor(n_estimators=params.nuisance_trees, min_samples_leaf=10, max_features=0.5,
+def outcome_model(params, seed: int, p: int) -> ReproducibleForestRegressor:
+    """The outcome nuisance m(x) = E[Y | X = x]: a random forest of ``params.nuisance_trees`` trees on ``p``
+    features, trying at each split half of them or grf's ``mtry`` (:func:`mtry_features`), whichever is fewer."""
+    tries = min(mtry_features(params.mtry, p), max(1, p // 2))
+    return ReproducibleForestRegressor(n_estimators=params.nuisance_trees, min_samples_leaf=10, max_features=tries,
                                        n_jobs=params.n_jobs, random_state=seed)
 
 
-def causal_forest_options(params) -> dict:
+def mtry_features(rule, p: int) -> int:
+    """Features tried at each split of the final forest: ``grf`` is grf's default min(ceil(sqrt(p)) + 20, p)
+    (Athey, Tibshirani & Wager 2019; econml tries all p), ``all`` is p, a number is capped at p."""
+    if rule == "grf":
+        return int(min(np.ceil(np.sqrt(p)) + 20, p))
+    if rule == "all":
+        return int(p)
+    return int(min(int(rule), p))
+
+
+def causal_forest_options(params, p: int, n_estimators: int | None = None) -> dict:
     """The final-stage forest settings shared by every causal forest the project fits (honest, with
-    inference, so that every CATE comes with a variance)."""
-    return dict(n_estimators=params.n_estimators, min_samples_leaf=params.min_samples_leaf,
-                max_samples=params.max_samples, honest=True, n_jobs=params.n_jobs)
+    inference, so that every CATE comes with a variance) for ``p`` features; ``n_estimators`` overrides the
+    number of trees."""
+    return dict(n_estimators=n_estimators or params.n_estimators, min_samples_leaf=params.min_samples_leaf,
+                max_samples=params.max_samples, max_features=mtry_features(params.mtry, p), honest=True,
+                n_jobs=params.n_jobs)
 
 
 def oof_nuisances(X: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarray, params, seeds) -> tuple:
@@ -228,7 +242,7 @@ def oof_nuisances(X: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarra
     m = np.empty(len(Y))
     e = np.empty(len(Y))
     for k, (a, b) in enumerate(inner_splits(W, groups, seeds[0])):
-        m[b] = outcome_model(params, seeds[k]).fit(X[a], Y[a]).predict(X[b])
+        m[b] = outcome_model(params, seeds[k], X.shape[1]).fit(X[a], Y[a]).predict(X[b])
         e[b] = propensity_model(params.propensity).fit(X[a], W[a]).predict_proba(X[b])[:, 1]
     return m, e
 
@@ -236,27 +250,29 @@ def oof_nuisances(X: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarra
 def heldout_nuisances(X_train, Y_train, W_train, X_test, params, seed: int, outcome: bool = True) -> tuple:
     """Outcome (when ``outcome``) and propensity predictions on test rows from models fitted on all training
     rows (for DR scores): ``(m_test or None, e_test)``."""
-    m = outcome_model(params, seed).fit(X_train, Y_train).predict(X_test) if outcome else None
+    m = outcome_model(params, seed, X_train.shape[1]).fit(X_train, Y_train).predict(X_test) if outcome else None
     e = propensity_model(params.propensity).fit(X_train, W_train).predict_proba(X_test)[:, 1]
     return m, e
 
 
-def fit_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits, cfg, seed: int) -> dict:
-    """Outcome and propensity nuisances for every split, fitted once and shared by all scale sets.
-
-    For split (fold, train, test): out-of-fold predictions on the training rows (:func:`oof_nuisances`,
-    seeds ``seed + 100 fold + k``) and predictions on the test rows from models fitted on all training rows
-    (:func:`heldout_nuisances`, seed ``seed + 1000 + fold``). Nothing is fitted on the test rows.
-    Returns ``{fold: (m_train, e_train, m_test, e_test)}``.
+def fold_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, groups: np.ndarray, f: int, tr: np.ndarray,
+                   te: np.ndarray, cfg, seed: int) -> tuple:
+    """Outcome and propensity nuisances of one split (fold ``f``, training mask ``tr``, test mask ``te``):
+    out-of-fold predictions on the training rows (:func:`oof_nuisances`, seeds ``seed + 100 f + k``) and
+    predictions on the test rows from models fitted on all training rows (:func:`heldout_nuisances`, seed
+    ``seed + 1000 + f``). Nothing is fitted on the test rows. Returns ``(m_train, e_train, m_test, e_test)``.
     """
-    groups = np.asarray(clusters)
-    out = {}
-    for f, tr, te in splits:
-        idx = np.flatnonzero(tr)
-        m_tr, e_tr = oof_nuisances(Xn[idx], Y[idx], W[idx], groups[idx], cfg, [seed + 100 * f + k for k in (0, 1)])
-        m_te, e_te = heldout_nuisances(Xn[tr], Y[tr], W[tr], Xn[te], cfg, seed + 1000 + f)
-        out[f] = (m_tr, e_tr, m_te, e_te)
-    return out
+    groups = np.asarray(groups)
+    idx = np.flatnonzero(tr)
+    m_tr, e_tr = oof_nuisances(Xn[idx], Y[idx], W[idx], groups[idx], cfg, [seed + 100 * f + k for k in (0, 1)])
+    m_te, e_te = heldout_nuisances(Xn[tr], Y[tr], W[tr], Xn[te], cfg, seed + 1000 + f)
+    return m_tr, e_tr, m_te, e_te
+
+
+def fit_nuisances(Xn: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, splits, cfg, seed: int) -> dict:
+    """Outcome and propensity nuisances for every split (:func:`fold_nuisances`), fitted once and shared by
+    all scale sets. Returns ``{fold: (m_train, e_train, m_test, e_test)}``."""
+    return {f: fold_nuisances(Xn, Y, W, clusters, f, tr, te, cfg, seed) for f, tr, te in splits}
 
 
 @dataclass
@@ -287,6 +303,33 @@ def _ridge_solve(D: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray
     return inv @ (D.T @ y), inv
 
 
+class _RidgePath:
+    """Ridge coefficients of ``y ~ D`` (first column unpenalised) for many penalties from one eigendecomposition.
+
+    The unpenalised column d0 is projected out: with Z~ = Z - d0 (d0'Z) / (d0'd0) and y~ likewise, the
+    penalised part is the plain ridge b = (Z~'Z~ + alpha I)^-1 Z~'y~ = V diag(1 / (s + alpha)) V'Z~'y~ (Z~'Z~ =
+    V diag(s) V'), and the free coefficient a = d0'(y - Z b) / (d0'd0): the same minimiser as solving the full
+    penalised system, at O(p^2) per penalty instead of a pseudo-inverse each.
+    """
+
+    def __init__(self, D: np.ndarray, y: np.ndarray):
+        d0, Z = D[:, 0], D[:, 1:]
+        self.dd = float(d0 @ d0)
+        if self.dd <= 0:
+            self.dd = np.inf  # a zero column: its coefficient is 0
+        self.d0Z, self.d0y = d0 @ Z, float(d0 @ y)
+        Zt = Z - np.outer(d0, self.d0Z) / self.dd
+        yt = y - d0 * (self.d0y / self.dd)
+        s, self.V = np.linalg.eigh(Zt.T @ Zt)
+        self.s = np.maximum(s, 0.0)
+        self.Vty = self.V.T @ (Zt.T @ yt)
+
+    def coef(self, alpha: float) -> np.ndarray:
+        b = self.V @ (self.Vty / (self.s + alpha))
+        a = (self.d0y - self.d0Z @ b) / self.dd
+        return np.concatenate([[a], b])
+
+
 def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray,
                     alphas=None, cv: int = 5) -> LinearCATE:
     """Ridge R-learner: minimise sum_i (y_res_i - w_res_i (a + z_i'b))^2 + alpha |b|^2 over (a, b).
@@ -313,9 +356,9 @@ def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups:
         loss[:-1] = np.inf
     else:
         for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
+            path = _RidgePath(D[a_idx], y_res[a_idx])
             for j, alpha in enumerate(alphas):
-                coef, _ = _ridge_solve(D[a_idx], y_res[a_idx], alpha)
-                loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ coef) ** 2)
+                loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ path.coef(alpha)) ** 2)
     alpha = float(alphas[int(np.argmin(loss))])
     coef, inv = _ridge_solve(D, y_res, alpha)
     resid = y_res - D @ coef
@@ -344,6 +387,11 @@ class FinalFit:
             point, var = point + lp, var + lv
         return point, var
 
+    def predict_point(self, X: np.ndarray) -> np.ndarray:
+        """Point predictions only (no variance: the forest's bootstrap of little bags is skipped)."""
+        point = np.asarray(self.forest.predict(X)).reshape(-1)
+        return point + self.linear.predict(X)[0] if self.linear is not None else point
+
     def importance(self, X: np.ndarray) -> np.ndarray:
         """Feature importances: the forest's; with the index, mixed with the index's normalised squared
         standardised coefficients, weighted by each part's share of the variance of the predictions."""
@@ -359,15 +407,23 @@ class FinalFit:
         return (v_forest * imp + v_lin * lin_imp) / (v_forest + v_lin)
 
 
+def choice_trees(n_estimators: int) -> int:
+    """Trees of the forests that only choose the linear correction (``auto``): a quarter of the final
+    forest's, a multiple of 4, at least 4. The choice compares two R-losses on held-out clusters; it needs
+    predictions good enough to rank the two, not the final forest's variance estimates."""
+    return max(4, (n_estimators // 4) // 4 * 4)
+
+
 def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray, params, seed: int,
-              correction: str = "none") -> FinalFit:
+              correction: str = "none", n_estimators: int | None = None) -> FinalFit:
     """Fit the final stage on residualised data (R-learner form of ``CausalForestDML``'s last step).
 
     ``correction``: ``none`` (the causal forest alone), ``ridge`` (a linear CATE index from
     :func:`fit_linear_cate`, then the forest on the heterogeneity it leaves: ``y_res - w_res * index``) or
     ``auto`` (the one of the two with the lower R-loss on held-out clusters: two inner folds of the
-    training rows, grouped by cluster; the outer test fold is never used; with fewer than
-    ``AUTO_MIN_CLUSTERS`` training clusters, the forest alone).
+    training rows, grouped by cluster, each side fitted with :func:`choice_trees` trees; the outer test fold
+    is never used; with fewer than ``AUTO_MIN_CLUSTERS`` training clusters, the forest alone).
+    ``n_estimators`` overrides the forest's number of trees.
     """
     if correction == "auto" and len(np.unique(groups)) < AUTO_MIN_CLUSTERS:
         correction = "none"  # too few clusters to compare the two on held-out halves
@@ -375,10 +431,11 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
         from sklearn.model_selection import GroupKFold
 
         loss = {"none": 0.0, "ridge": 0.0}
+        trees = choice_trees(n_estimators or params.n_estimators)
         for a_idx, b_idx in GroupKFold(n_splits=2).split(X, groups=groups):
             for mode in loss:
-                fit = fit_final(X[a_idx], w_res[a_idx], y_res[a_idx], groups[a_idx], params, seed, mode)
-                pred = fit.predict(X[b_idx])[0]
+                fit = fit_final(X[a_idx], w_res[a_idx], y_res[a_idx], groups[a_idx], params, seed, mode, trees)
+                pred = fit.predict_point(X[b_idx])
                 loss[mode] += float(np.sum((y_res[b_idx] - w_res[b_idx] * pred) ** 2))
         correction = min(loss, key=loss.get)
     linear = None
@@ -388,7 +445,8 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
         target = y_res - w_res * linear.predict(X)[0]
     from econml.grf import CausalForest
 
-    forest = CausalForest(**causal_forest_options(params), inference=True, fit_intercept=True, random_state=seed)
+    forest = CausalForest(**causal_forest_options(params, X.shape[1], n_estimators), inference=True,
+                          fit_intercept=True, random_state=seed)
     forest.fit(X, w_res.reshape(-1, 1), target)
     forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
     return FinalFit(forest=forest, linear=linear, correction=correction)
@@ -422,6 +480,7 @@ class CausalForestCATE(BaseEstimator):
         learner: ``causal_forest`` or ``dr_forest``.
         n_estimators: trees of the final forest (a multiple of 4).
         min_samples_leaf, max_samples: final forest leaf size and subsample fraction (<= 0.5).
+        mtry: features tried per split: ``grf`` (grf's default, see :func:`mtry_features`), ``all`` or a number.
         nuisance_trees: trees of the outcome forest.
         propensity: known assignment probability, ``share`` or ``estimate``.
         linear_correction: ``none``, ``ridge`` or ``auto``.
@@ -430,13 +489,15 @@ class CausalForestCATE(BaseEstimator):
     """
 
     def __init__(self, learner: str = CateConfig.learner, n_estimators: int = CateConfig.n_estimators,
-                 min_samples_leaf: int = CateConfig.min_samples_leaf, max_samples: float = CateConfig.max_samples,
+                 min_samples_leaf: int = CateConfig.min_samples_leaf, mtry: int | str = CateConfig.mtry,
+                 max_samples: float = CateConfig.max_samples,
                  nuisance_trees: int = CateConfig.nuisance_trees, propensity: float | str = CateConfig.propensity,
                  linear_correction: str = CateConfig.linear_correction, n_jobs: int = CateConfig.n_jobs,
                  random_state: int = 0):
         self.learner = learner
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
+        self.mtry = mtry
         self.max_samples = max_samples
         self.nuisance_trees = nuisance_trees
         self.propensity = propensity
@@ -495,9 +556,9 @@ class CausalForestCATE(BaseEstimator):
         if nuisances is not None:
             raise EstimationError("nuisances", "None with learner dr_forest", "supplied nuisances",
                                   "use learner causal_forest")
-        model_y, model_t = outcome_model(self, self.random_state), propensity_model(self.propensity)
+        model_y, model_t = outcome_model(self, self.random_state, X.shape[1]), propensity_model(self.propensity)
         # inner folds grouped by cluster and stratified by arm (econml's own split is not, and fails on small trials)
-        opts = dict(**causal_forest_options(self), cv=inner_splits(T, groups, self.random_state),
+        opts = dict(**causal_forest_options(self, X.shape[1]), cv=inner_splits(T, groups, self.random_state),
                     random_state=self.random_state)
         if self.learner == "dr_forest":
             from econml.dr import ForestDRLearner
@@ -527,7 +588,19 @@ class CausalForestCATE(BaseEstimator):
         if self.econml_ is not None:
             with _quiet_econml():
                 return np.asarray(self.econml_.effect(X)).reshape(-1)
-        return self.final_.predict(X)[0]
+        return self.final_.predict_point(X)
+
+    def effect_inference(self, X, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``effect(X)`` and ``effect_interval(X, alpha)`` from one pass over the forest: ``(point, lower,
+        upper)``, each (n,)."""
+        X = self._check_fitted(X)
+        if self.econml_ is not None:
+            return (self.effect(X), *self.effect_interval(X, alpha))
+        from scipy.stats import norm
+
+        point, var = self.final_.predict(X)
+        half = float(norm.ppf(1 - alpha / 2)) * np.sqrt(np.maximum(var, 0.0))
+        return point, point - half, point + half
 
     def effect_interval(self, X, alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
         """Two-sided ``1 - alpha`` confidence intervals of the CATE (normal, from the forest's variance plus
@@ -635,44 +708,92 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
             fits only its final stage on the residuals. A linear correction computes them here (seed
             ``seed``) when none are given.
     """
+    X = check_features(X)
+    splits = training_splits(folds, scheme)
+    check_design(Y, W, clusters, splits)
+    if nuisances is None and cfg.linear_correction != "none":  # the correction needs the residuals
+        nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)
+    it = splits
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(splits, desc=desc, unit="fold")
+    fits = [fit_fold(X, Y, W, clusters, f, tr, te, cfg, seed, with_outcome_model,
+                     None if nuisances is None else nuisances[f]) for f, tr, te in it]
+    return assemble_folds(folds, [te for _, _, te in splits], fits, with_outcome_model)
+
+
+def check_features(X) -> np.ndarray:
+    """The feature matrix as float64.
+
+    Raises:
+        EstimationError: naming the columns that hold NaN or inf.
+    """
     X = np.asarray(X, dtype=np.float64)
     if not np.isfinite(X).all():
         bad = np.flatnonzero(~np.isfinite(X).all(axis=0))
         raise EstimationError("features", "finite feature values",
                               f"NaN/inf in {len(bad)} columns (e.g. {bad[:5].tolist()})",
                               "impute covariates before the cate stage")
-    splits = training_splits(folds, scheme)
-    check_design(Y, W, clusters, splits)
-    n = len(Y)
+    return X
+
+
+@dataclass
+class FoldFit:
+    """What one fold's estimator predicts for its test rows (one task of the cate stage)."""
+
+    tau_hat: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    e_hat: np.ndarray
+    m_hat: np.ndarray | None
+    importance: np.ndarray | None
+    correction: str | None  # the final stage used, when fitted by this project's final stage
+
+
+def fit_fold(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, f: int, tr: np.ndarray,
+             te: np.ndarray, cfg, seed: int, with_outcome_model: bool = False, nuisance: tuple | None = None
+             ) -> FoldFit:
+    """Fit fold ``f``'s estimator (seed ``seed + f``) on the training rows ``tr`` and predict the test rows
+    ``te``: the unit of work of :func:`crossfit_cate`, and a task of the cate stage on a Dask cluster.
+
+    ``nuisance``: this split's ``(m_train, e_train, m_test, e_test)`` from :func:`fold_nuisances` (shared by
+    every scale set); when None, a linear correction computes them here from ``X`` (seed ``seed``) and
+    otherwise the estimator fits its own.
+    """
+    groups = np.asarray(clusters)
+    est = CausalForestCATE.from_config(cfg, seed + f)
+    if nuisance is None and cfg.linear_correction != "none":
+        nuisance = fold_nuisances(X, Y, W, groups, f, tr, te, cfg, seed)
+    if nuisance is not None:
+        m_tr, e_tr, m_te, e_te = nuisance
+        est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr], nuisances=(m_tr, e_tr))
+    else:
+        est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
+        m_te, e_te = heldout_nuisances(X[tr], Y[tr], W[tr], X[te], cfg, seed + 1000 + f, with_outcome_model)
+    tau, lo, hi = est.effect_inference(X[te], alpha=0.05)
+    return FoldFit(tau_hat=tau, lower=lo, upper=hi, e_hat=np.broadcast_to(e_te, lo.shape).copy(),
+                   m_hat=m_te if with_outcome_model else None, importance=est.feature_importances(X[te]),
+                   correction=est.correction_ if est.final_ is not None else None)
+
+
+def assemble_folds(folds: np.ndarray, tests: list[np.ndarray], fits: list[FoldFit],
+                   with_outcome_model: bool) -> CrossFitResult:
+    """Put the folds' predictions (:func:`fit_fold`, in split order) back into unit order; units of no test
+    fold (fold 0 of the sequential scheme) get NaN."""
+    n = len(folds)
     tau, lo, hi, e_hat = (np.full(n, np.nan) for _ in range(4))
     m_hat = np.full(n, np.nan) if with_outcome_model else None
-    groups = np.asarray(clusters)
-    if nuisances is None and cfg.linear_correction != "none":  # the correction needs the residuals
-        nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)
     importances, corrections = [], {}
-    it = splits
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(splits, desc=desc, unit="fold")
-    for f, tr, te in it:
-        est = CausalForestCATE.from_config(cfg, seed + f)
-        if nuisances is not None:
-            m_tr, e_tr, m_te, e_te = nuisances[f]
-            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr], nuisances=(m_tr, e_tr))
-        else:
-            est.fit(Y[tr], W[tr], X=X[tr], groups=groups[tr])
-            m_te, e_te = heldout_nuisances(X[tr], Y[tr], W[tr], X[te], cfg, seed + 1000 + f, with_outcome_model)
-        tau[te] = est.effect(X[te])
-        lo[te], hi[te] = est.effect_interval(X[te], alpha=0.05)
-        e_hat[te] = e_te
+    for te, fit in zip(tests, fits):
+        f = int(folds[te][0])
+        tau[te], lo[te], hi[te], e_hat[te] = fit.tau_hat, fit.lower, fit.upper, fit.e_hat
         if with_outcome_model:
-            m_hat[te] = m_te
-        imp = est.feature_importances(X[te])
-        if imp is not None:
-            importances.append(imp)
-        if est.final_ is not None:
-            corrections[int(f)] = est.correction_
-    return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=folds.copy(), m_hat=m_hat, e_hat=e_hat,
+            m_hat[te] = fit.m_hat
+        if fit.importance is not None:
+            importances.append(fit.importance)
+        if fit.correction is not None:
+            corrections[f] = fit.correction
+    return CrossFitResult(tau_hat=tau, lower=lo, upper=hi, fold=np.asarray(folds).copy(), m_hat=m_hat, e_hat=e_hat,
                           importance=np.mean(importances, axis=0) if importances else None,
                           corrections=corrections or None)
 

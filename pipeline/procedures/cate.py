@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,22 +11,26 @@ import numpy as np
 import pandas as pd
 
 from ..core.artifacts import read_npy, require, write_json, write_with
+from ..core.compute import dask_client, run_ordered
 from ..core.config import Config
 from ..core.errors import ConfigError, EstimationError
 from ..core.layout import CatePaths, FeaturePaths, StudyLayout
 from ..core.units import read_units
 from ..estimate.cate import (
+    assemble_folds,
+    check_design,
+    check_features,
     check_trial_design,
-    crossfit_cate,
     dr_scores,
-    fit_nuisances,
+    fit_fold,
+    fold_nuisances,
     importance_by_scale,
     make_folds,
     training_splits,
 )
 
 
-def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True) -> pd.DataFrame:
+def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True, client=None) -> pd.DataFrame:
     """Cross-fit causal forests on every scale set's features and write the cate stage's outputs.
 
     Two cross-fitting schemes run on the same cluster-grouped folds (shared by all sets):
@@ -39,6 +44,11 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     lower, upper, priority_seq), the DR table (per unit: W, Y, K-fold DR score, m_hat, propensity, and the
     sequential DR score, all from the ``cfg.dr_reference`` set), the scales of every set, the importance by
     scale and the linear corrections chosen.
+
+    Every (scale set, scheme, fold) fit is one task (:func:`pipeline.estimate.cate.fit_fold`), after the
+    shared nuisances' tasks (:func:`pipeline.estimate.cate.fold_nuisances`); with a Dask ``client`` they run
+    on its workers (one thread each) and are gathered in a fixed order, so the outputs are bitwise identical
+    to the synchronous run.
     """
     units = read_units(units_path)
     features, paths = FeaturePaths(Path(features_dir)), CatePaths(Path(out_dir))
@@ -60,23 +70,30 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     unit_ids = units["unit_id"].astype(str).to_numpy()
     check_trial_design(W, clusters, cfg.folds, seed)
     folds = make_folds(clusters, cfg.folds, seed, treatment=W)
-    rows = []
-    importance = {}
-    corrections = {}
-    ref = ref_seq = None
-    shared = {"kfold": None, "sequential": None}
-    if cfg.shared_nuisance:  # nuisances fitted once on the reference set's features, reused by every set
-        Xn = read_npy(features.matrix(cfg.dr_reference))
-        shared = {sch: fit_nuisances(Xn, Y, W, clusters, training_splits(folds, sch), cfg, seed + off)
-                  for sch, off in (("kfold", 0), ("sequential", 500))}
+    schemes = {"kfold": (training_splits(folds, "kfold"), seed),
+               "sequential": (training_splits(folds, "sequential"), seed + 500)}
+    for splits, _ in schemes.values():
+        check_design(Y, W, clusters, splits)
+    matrices = {name: check_features(read_npy(features.matrix(name))) for name in sets}
+    task_cfg = dataclasses.replace(cfg, n_jobs=1) if client is not None else cfg  # one thread per task
+    shared = {sch: None for sch in schemes}
+    if cfg.shared_nuisance:  # nuisances fitted once per split on the reference set's features, reused by every set
+        Xn = matrices[cfg.dr_reference]
+        items = [(Xn, Y, W, clusters, f, tr, te, task_cfg, off) for sch, (splits, off) in schemes.items()
+                 for f, tr, te in splits]
+        done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None))
+        shared = {sch: {f: next(done) for f, _, _ in splits} for sch, (splits, _) in schemes.items()}
+    items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
+              None if shared[sch] is None else shared[sch][f])
+             for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits]
+    done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None))
+    rows, importance, corrections, results = [], {}, {}, {}
     for name in sets:
-        X = read_npy(features.matrix(name))
         is_ref = name == cfg.dr_reference
-        kf = crossfit_cate(X, Y, W, clusters, folds, cfg, seed, with_outcome_model=is_ref, scheme="kfold",
-                           progress=progress, desc=f"cate {name} (k-fold)", nuisances=shared["kfold"])
-        sq = crossfit_cate(X, Y, W, clusters, folds, cfg, seed + 500, with_outcome_model=is_ref,
-                           scheme="sequential", progress=progress, desc=f"cate {name} (sequential)",
-                           nuisances=shared["sequential"])
+        for sch, (splits, _) in schemes.items():
+            fits = [next(done) for _ in splits]
+            results[sch] = assemble_folds(folds, [te for _, _, te in splits], fits, is_ref)
+        kf, sq = results["kfold"], results["sequential"]
         rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
                                   "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
                                   "priority_seq": sq.tau_hat}))
@@ -104,6 +121,7 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
 
 
 def run(cfg: Config, out: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
-    """The cate stage: units and features of ``out`` into ``out/cate``."""
+    """The cate stage: units and features of ``out`` into ``out/cate``, on the ``compute`` backend."""
     layout = StudyLayout(out)
-    return run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, layout.cate.root, progress)
+    with dask_client(cfg.compute) as client:
+        return run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, layout.cate.root, progress, client)
