@@ -5,7 +5,7 @@ Example (the README walkthrough; executed by the tests)::
     import pipeline as mc
 
     study = mc.Study("my_study", params={
-        "data": {"root": "/data/my_rct", "units": "units.csv", "scenes": ["landsat/*.tif"],
+        "data": {"root": "my_rct", "units": "units.csv", "scenes": ["landsat/*.tif"],
                  "columns": {"unit_id": "hh", "location_id": "village", "cluster_id": "village",
                              "W": "treated", "Y": "consumption", "lon": "lon", "lat": "lat"},
                  "covariates": ["hh_size"]},
@@ -17,7 +17,8 @@ Example (the README walkthrough; executed by the tests)::
     result.cate                         # per-unit CATEs with intervals, as a GeoDataFrame
     result.report("my_study/report.html")
 
-``Study(folder, params=...)`` writes ``folder/params.yaml`` (validated first) and runs the stages'
+``Study(folder, params=...)`` writes ``folder/params.yaml`` (validated first; a relative ``data.root`` is
+taken from the working directory, as a path typed in Python is, and written absolute) and runs the stages'
 library functions with ``folder/out`` as the output folder, exactly as ``dvc repro`` of a study created by
 ``mscate init`` would: the numbers are identical both ways.
 """
@@ -90,6 +91,7 @@ class Study:
         self.folder = Path(folder)
         self.params_path = self.folder / "params.yaml"
         if params is not None:
+            params = _anchor_data_root(params)
             cfg = config_from_dict(dict(params), source="params")  # validate before writing anything
             text = yaml.safe_dump(_plain(params), sort_keys=False)
             write_with(self.params_path, lambda tmp: tmp.write_text(text))  # a typed error if not writable
@@ -172,6 +174,20 @@ class Study:
                 folder's ``params.yaml`` (changed since, or a later run failed).
         """
         return load_result(self.out, params=self.params_path)
+
+
+def _anchor_data_root(params: Mapping[str, Any]) -> dict:
+    """Paths typed in Python are relative to where the code runs: a relative ``data.root`` (or none, when a
+    units file is named) becomes absolute against the working directory, so the study folder's params.yaml
+    (where paths are relative to the study folder) means the same files. ``data.units`` and ``data.scenes``
+    stay relative to ``data.root``, as in every params.yaml."""
+    params = dict(params)
+    data = params.get("data")
+    if isinstance(data, Mapping) and data.get("units") and not data.get("root_env"):
+        root = Path(str(data.get("root") or "."))
+        if not root.is_absolute():
+            params["data"] = {**data, "root": str((Path.cwd() / root).resolve())}
+    return params
 
 
 def _plain(obj):

@@ -6,6 +6,7 @@
     mscate STAGE [--params P --out O]      one stage: prepare, ingest, tile, embed, features, cate, evaluate,
                                            scaling, extrapolate
     mscate report [STUDY_DIR] [--html F]   self-contained HTML report + Markdown summary
+    mscate --version | -v (more log lines) | -q (warnings and errors only, no progress bars)
 
 Bad input exits with status 2 and one line naming the input; ``--debug`` shows the traceback.
 """
@@ -14,14 +15,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
+import shutil
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 from .core.errors import PipelineError
-from .core.layout import STAGE_MODULES, StudyLayout, dvc_yaml
+from .core.layout import STAGE_MODULES, StudyLayout, dvc_yaml, plot_templates, write_plot_templates
 from .stages._common import guarded
+
+log = logging.getLogger("pipeline.cli")
 
 INIT_SECTIONS = ("seed", "data", "tile", "embed", "features", "cate", "evaluate", "compute")
 """The params sections of a study made by ``mscate init`` (a real study: no simulation, no scaling)."""
@@ -82,13 +88,29 @@ def init_params(args) -> dict:
     data = {"source": f"units file {units.name} and its scenes", "root": str(root), "units": units.name,
             "scenes": scenes, "columns": columns,
             **{key: _split(getattr(args, flag[2:].replace("-", "_"))) for flag, key in LIST_FLAGS.items()}}
-    radiometry = args.radiometry
+    tile = {"radiometry": _number_or_text(args.radiometry), "nodata": _number_or_text(args.nodata),
+            "scales": _scale_list(args.scales)}
+    return {"data": data, "tile": tile, "cate": dict(INIT_CATE)}
+
+
+def _number_or_text(value: str):
     try:
-        radiometry = float(radiometry)
+        return float(value)
     except ValueError:
-        pass
-    return {"data": data, "tile": {"radiometry": radiometry, "scales": _scale_list(args.scales)},
-            "cate": dict(INIT_CATE)}
+        return value
+
+
+def _in_flag_terms(exc: PipelineError, args) -> PipelineError:
+    """An error about the units table, with its fix said in ``mscate init``'s flags (there is no params.yaml
+    yet to edit)."""
+    if "params.yaml" not in exc.fix and "data." not in exc.fix:
+        return exc
+    flags = [f"{flag} {getattr(args, flag[2:].replace('-', '_'))}" for flag in (*COLUMN_FLAGS, *LIST_FLAGS)
+             if getattr(args, flag[2:].replace("-", "_"))]
+    hint = exc.fix.split("(", 1)[1].rstrip(")") if "(" in exc.fix else ""
+    fix = (f"pass the units file's own column names to init's flags (now: {'; '.join(flags)})"
+           + (f"; did you mean {hint}" if hint else ""))
+    return type(exc)(exc.where, exc.expected, exc.got, fix)
 
 
 def cmd_init(args) -> None:
@@ -106,7 +128,11 @@ def cmd_init(args) -> None:
     from .core.config import config_from_dict
 
     cfg = config_from_dict(params, source="params")
-    trial, _ = load_study_units(cfg.data, folder.resolve() if folder.exists() else Path.cwd())  # check columns now
+    try:  # check columns now
+        trial, _ = load_study_units(cfg.data, folder.resolve() if folder.exists() else Path.cwd())
+    except PipelineError as exc:
+        raise _in_flag_terms(exc, args) from None
+    coverage = _check_scene_coverage(cfg, trial)
     note = _fit_folds_to_trial(params, cfg, trial)
     text = render_params(params, INIT_SECTIONS, header=(
         "Study created by `mscate init`. Run with `dvc repro` in this folder (or `mscate run`).\n"
@@ -123,14 +149,30 @@ def cmd_init(args) -> None:
         scenes: [{", ".join(params["data"]["scenes"])}]
         created_by: mscate init
         """))
-    (folder / ".gitignore").write_text(f"/{StudyLayout('out').out.name}/\n")
+    made_git = False
     if not _inside_dvc_repo(folder.resolve()):
-        _dvc_init(folder)
+        git = None if args.no_git else shutil.which("git")
+        top = _git_toplevel(folder) if git else None
+        if git and top is None:
+            subprocess.run([git, "init", "-q", str(folder)], check=True)
+            made_git = True
+        _dvc_init(folder, scm=bool(git), subdir=bool(top) and Path(top).resolve() != folder.resolve())
         with open(folder / ".dvc" / "config", "w") as fh:
-            fh.write("[core]\n    analytics = false\n    no_scm = true\n")
-    if note:
-        print(f"mscate init: {note}")
-    print(f"mscate init: study written to {folder} (params.yaml, dvc.yaml, study.yaml); run `dvc repro` there")
+            fh.write("[core]\n    analytics = false\n" + ("" if git else "    no_scm = true\n"))
+        write_plot_templates(folder / ".dvc")
+        if not git and not args.no_git:
+            log.warning("mscate init: git not found: the study has no git repository, so DVC experiments "
+                        "(dvc exp run, params/metrics diff) are unavailable; install git and run `git init` there")
+    else:  # a study inside an existing DVC repository: its plots need the project's templates there
+        top = next(p for p in [folder.resolve(), *folder.resolve().parents] if (p / ".dvc").is_dir())
+        if not all((top / ".dvc" / "plots" / f"{name}.json").is_file() for name in plot_templates()):
+            write_plot_templates(top / ".dvc")
+    if made_git:
+        _first_commit(folder)
+    for line in (coverage, note):
+        if line:
+            log.info(f"mscate init: {line}")
+    log.info(f"mscate init: study written to {folder} (params.yaml, dvc.yaml, study.yaml); run `dvc repro` there")
 
 
 def _fit_folds_to_trial(params: dict, cfg, units) -> str:
@@ -155,8 +197,57 @@ def _fit_folds_to_trial(params: dict, cfg, units) -> str:
             f"{int((1 - arm).sum())} control), too few for {k} cross-fitting folds")
 
 
-def _dvc_init(folder: Path) -> None:
-    """``dvc init --no-scm`` in-process, quietly (warnings only), its log lines going to today's streams.
+def _git_toplevel(folder: Path) -> str | None:
+    """The root of the git repository holding ``folder`` (or its nearest existing parent), or None."""
+    probe = next((p for p in [folder, *folder.parents] if p.is_dir()), Path.cwd())
+    res = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=probe, capture_output=True, text=True)
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def _first_commit(folder: Path) -> None:
+    """Commit the new study (params, stages, DVC config) so that DVC experiments have a baseline. Uses the
+    user's git identity, or ``mscate init`` when none is configured."""
+    def git(*a, **kw):
+        return subprocess.run(["git", *a], cwd=folder, capture_output=True, text=True, **kw)
+
+    git("add", "-A", check=True)
+    ident = [] if git("config", "user.email").stdout.strip() else [
+        "-c", "user.name=mscate init", "-c", "user.email=mscate-init@localhost"]
+    res = git(*ident, "commit", "-q", "-m", "Study created by mscate init")
+    if res.returncode != 0:
+        log.warning(f"mscate init: the first commit failed ({res.stderr.strip()}); commit the study yourself "
+                    "before `dvc exp run`")
+
+
+def _check_scene_coverage(cfg, units) -> str:
+    """Stop at init when no location lies in any scene (the run would stop at tiling); say how many are
+    outside when some are.
+
+    Raises:
+        ImageryError: naming the scenes, the locations and the likely cause (swapped lon/lat, wrong scenes).
+    """
+    import numpy as np
+
+    from .imagery.scenes import SceneCatalog, resolve_scene_paths
+    from .imagery.tiling import coverage_margin, outside_error
+
+    catalog = SceneCatalog.from_paths(resolve_scene_paths(cfg.data.scenes, base=cfg.data.root))
+    locs = units.drop_duplicates("location_id")
+    lon, lat = locs.geometry.x.to_numpy(), locs.geometry.y.to_numpy()
+    covered = np.zeros(len(locs), dtype=bool)
+    for idx in catalog.candidates(lon, lat, coverage_margin(cfg.tile.scales)):
+        covered[idx] = True
+    if not covered.any():
+        raise outside_error(catalog, locs["location_id"].astype(str).tolist(), lon, lat, covered, every=True)
+    if covered.all():
+        return ""
+    return (f"{int((~covered).sum())} of {len(covered)} locations lie outside every scene: the tile stage will "
+            "stop unless tile.on_outside is set to drop (dropped units are counted)")
+
+
+def _dvc_init(folder: Path, scm: bool = False, subdir: bool = False) -> None:
+    """``dvc init`` in-process (``--no-scm`` unless ``scm``; ``--subdir`` inside a larger git repository),
+    quietly (warnings only), its log lines going to today's streams.
 
     Importing ``dvc`` attaches stream handlers to the ``sys.stdout``/``sys.stderr`` of that moment; in a
     long-lived process (a notebook, a test runner) those streams may since have been replaced and closed, and
@@ -174,7 +265,7 @@ def _dvc_init(folder: Path) -> None:
         for h in handlers:
             h.stream = sys.stderr if h.level >= logging.WARNING else sys.stdout
         log.setLevel(logging.WARNING)
-        Repo.init(str(folder), no_scm=True)
+        Repo.init(str(folder), no_scm=not scm, subdir=subdir)
     finally:
         for h, stream in zip(handlers, saved[0]):
             h.stream = stream
@@ -195,7 +286,7 @@ def cmd_run(args) -> None:
     study = Study(args.study_dir)
     res = study.run()
     first = next(iter(res.metrics["sets"].values()))
-    print(f"mscate run: {len(res.metrics['sets'])} scale sets evaluated; metrics in {study.out / 'evaluate'}"
+    log.info(f"mscate run: {len(res.metrics['sets'])} scale sets evaluated; metrics in {study.out / 'evaluate'}"
           f" ({'AUTOC' if 'AUTOC' in first else ''})")
 
 
@@ -206,7 +297,49 @@ def cmd_report(args) -> None:
     out = folder / args.out
     path = write_report(out, Path(args.html) if args.html else StudyLayout.study_report(folder),
                         title=args.title or folder.resolve().name, params=folder / "params.yaml")
-    print(f"mscate report: {path} and {path.with_suffix('.md')}")
+    log.info(f"mscate report: {path} and {path.with_suffix('.md')}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mscate")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from . import __version__
+
+        return __version__
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A log handler writing to whatever ``sys.stderr`` is when a record is emitted (not the stream of the
+    moment it was made, which a notebook or a test runner may have replaced and closed since)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(verbosity: int) -> None:
+    """Log levels of the ``mscate`` command: ``-q`` warnings and errors only (and no progress bars), default
+    information, ``-v`` debug lines. Data warnings reach the log as ``warning [stage] ...`` lines."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(max(-1, min(verbosity, 1)), logging.DEBUG)
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("pipeline").setLevel(level)
+    for noisy in ("distributed", "numba", "matplotlib", "fsspec", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if verbosity < 0:
+        os.environ["TQDM_DISABLE"] = "1"  # tqdm reads it when a bar is created
 
 
 def main(argv=None) -> int:
@@ -215,10 +348,16 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="mscate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"mscate {_version()}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("init", help="scaffold a study folder from a units file and scenes")
-    p.add_argument("study_dir")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines (debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="warnings and errors only, no progress bars")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("init", help="scaffold a study folder from a units file and scenes",
+                       description="Write a study folder (params.yaml, dvc.yaml, study.yaml) for a units file "
+                                   "and its scenes; the units table is checked now.")
+    p.add_argument("study_dir", help="the new study's folder (created)")
     p.add_argument("--units", required=True, help="units table: CSV with lon/lat, GeoPackage, GeoParquet or Stata")
     p.add_argument("--scenes", required=True, nargs="+", help="raster files or globs")
     for flag, (key, required) in COLUMN_FLAGS.items():
@@ -230,28 +369,42 @@ def main(argv=None) -> int:
         kind = "values" if key.endswith("codes") else "columns"
         p.add_argument(flag, help=f"comma-separated {kind}: {_doc(DataConfig, key)}")
     p.add_argument("--radiometry", default=_default(TileConfig, "radiometry"), help=_doc(TileConfig, "radiometry"))
+    p.add_argument("--nodata", default=_default(TileConfig, "nodata"),
+                   help=f"tile.nodata: {_doc(TileConfig, 'nodata')} (default %(default)s)")
     p.add_argument("--scales", default="480:16,960:32,1920:32,3840:32", help="size_m:px,... (default %(default)s)")
     p.add_argument("--force", action="store_true", help="overwrite an existing study")
+    p.add_argument("--no-git", action="store_true",
+                   help="no git repository (DVC without SCM: no `dvc exp run`, params or metrics diff)")
     p.set_defaults(func=cmd_init)
-    p = sub.add_parser("run", help="run every stage of a study folder")
-    p.add_argument("study_dir", nargs="?", default=".")
+    p = sub.add_parser("run", help="run every stage of a study folder",
+                       description="Run every stage of a study (its params.yaml, outputs in its out/), in order: "
+                                   "the same library functions as `dvc repro` in that folder.")
+    p.add_argument("study_dir", nargs="?", default=".",
+                   help="the study folder holding params.yaml (default: the current folder)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("report", help="write the HTML report and Markdown summary of a study")
-    p.add_argument("study_dir", nargs="?", default=".")
+    p = sub.add_parser("report", help="write the HTML report and Markdown summary of a study",
+                       description="Write a self-contained HTML report and a Markdown summary of a study that "
+                                   "has run; results made with other params than its params.yaml are refused.")
+    p.add_argument("study_dir", nargs="?", default=".",
+                   help="the study folder holding params.yaml and out/ (default: the current folder)")
     p.add_argument("--out", default="out", help="the study's output folder (default: out)")
     p.add_argument("--html", help="report path (default: STUDY_DIR/report.html)")
-    p.add_argument("--title")
+    p.add_argument("--title", help="report title (default: the study folder's name)")
     p.set_defaults(func=cmd_report)
     for name in STAGE_MODULES:
         p = sub.add_parser(name, help=f"run the {name} stage (same as python -m pipeline.stages.{name})",
                            add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=None, stage=name)
-    if argv and argv[0] in STAGE_MODULES:  # stages parse their own options (and --help)
-        debug = "--debug" in argv
-        module = importlib.import_module(f"pipeline.stages.{argv[0]}")
-        return module.main(argv[1:] + (["--debug"] if debug and "--debug" not in argv[1:] else []))
+    lead = next((i for i, a in enumerate(argv) if not a.startswith("-")), len(argv))
+    if lead < len(argv) and argv[lead] in STAGE_MODULES:  # stages parse their own options (and --help)
+        glob = parser.parse_args(argv[:lead] + ["run"])  # the global flags before the stage's name
+        setup_logging(glob.verbose - glob.quiet)
+        rest = argv[lead + 1:]
+        module = importlib.import_module(f"pipeline.stages.{argv[lead]}")
+        return module.main(rest + (["--debug"] if glob.debug and "--debug" not in rest else []))
     args = parser.parse_args(argv)
+    setup_logging(args.verbose - args.quiet)
     return guarded(args.command, args.debug, args.func, args)
 
 

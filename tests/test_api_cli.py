@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,16 +53,20 @@ def walkthrough_code() -> str:
 
 @needs_scene
 def test_readme_walkthrough_runs(tmp_path, monkeypatch):
-    """The README's API walkthrough, executed as written (paths pointed at a generated RCT)."""
-    units = new_rct(tmp_path / "my_rct")
+    """The README's API walkthrough, executed exactly as printed, in a folder holding my_rct/ (a generated RCT
+    and a link to a real Landsat scene); the study folder's params.yaml then works from anywhere."""
+    new_rct(tmp_path / "my_rct")
+    (tmp_path / "my_rct" / "landsat.tif").symlink_to(SCENE)
     code = walkthrough_code()
-    code = code.replace('data_dir = "my_rct"', f'data_dir = "{units.parent}"')
-    code = code.replace('scene = "my_rct/landsat.tif"', f'scene = "{SCENE}"')
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README walkthrough", "exec"), namespace)
     assert (tmp_path / "my_study" / "report.html").is_file()
     assert not namespace["result"].rate_table.empty
+    monkeypatch.chdir(tmp_path / "my_rct")  # elsewhere: the written params still name the same data
+    import pipeline as mc
+
+    assert [Path(p).resolve() for p in mc.Study(tmp_path / "my_study").scene_paths()] == [SCENE.resolve()]
 
 
 def run_cli_stages(folder: Path) -> None:
@@ -92,7 +97,7 @@ def test_small_cluster_trial_runs_end_to_end(tmp_path, capsys):
     says so, and the study runs to the end (it used to crash inside econml's inner folds) (#15 item 1)."""
     units = new_rct(tmp_path / "data", n_villages=10)
     assert mscate(init_args(tmp_path / "small", units)) == 0
-    assert "cate.folds set to 2" in capsys.readouterr().out
+    assert "cate.folds set to 2" in capsys.readouterr().err
     params = yaml.safe_load((tmp_path / "small" / "params.yaml").read_text())
     assert params["cate"]["folds"] == 2
     params["cate"].update({"n_estimators": 24, "nuisance_trees": 20, "n_jobs": 1})  # smaller forests, same design
@@ -302,3 +307,60 @@ def test_results_checked_against_dvc_lock(tmp_path):
     (tmp_path / "params.yaml").write_text("seed: 1\ncate:\n  folds: 3\nevaluate:\n  n_boot: 200\n")
     changed, rerun = stale_sections(tmp_path / "out", tmp_path / "params.yaml")
     assert changed == ["cate.folds (read by ingest)"] and rerun == "dvc repro"
+
+
+@needs_scene
+def test_init_study_supports_dvc_experiments(tmp_path):
+    """A study made by ``mscate init`` is a git + DVC repository with a first commit: ``dvc exp run -S`` runs
+    an experiment whose changed metrics ``dvc exp show --json`` reads, ``dvc params diff`` names the change,
+    and ``dvc plots show --json`` holds the PNG figures (#16 items 1 and 2)."""
+    init_small_study(tmp_path, "s")
+    study = tmp_path / "s"
+
+    def run(*cmd):
+        return subprocess.run(cmd, cwd=study, check=True, capture_output=True, text=True).stdout
+
+    assert "Study created by mscate init" in run("git", "log", "--format=%s")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "smaller forests for the test")
+    run("dvc", "exp", "run", "-q", "-S", "cate.n_estimators=8", "-n", "eight")
+    exps = json.loads(run("dvc", "exp", "show", "--json"))
+    found = [e for r in exps for e in (r.get("experiments") or []) for e in (e.get("revs") or [])
+             if e.get("name") == "eight"]
+    assert found, exps
+    data = found[0]["data"]
+    assert data["params"]["params.yaml"]["data"]["cate"]["n_estimators"] == 8
+    metrics = data["metrics"]["out/evaluate/metrics.json"]["data"]
+    assert metrics["n_units"] == 150 and "AUTOC" in metrics["sets"]["all"]
+    assert "cate.n_estimators" in run("dvc", "params", "diff", "HEAD", "eight", "--all")
+    plots = json.loads(run("dvc", "plots", "show", "--json"))["data"]
+    assert plots["out/evaluate/toc.png"][0]["type"] == "image"  # renders offline
+    toc = plots["out/evaluate/toc.csv"][0]["content"]
+    assert toc["encoding"]["color"]["field"] == "set"  # one line per scale set
+    assert {v["set"] for v in toc["data"]["values"]} == {"s480m", "s1920m", "all"}
+
+
+def test_init_refuses_scenes_that_cover_no_unit(tmp_path, capsys):
+    """A scene far from every village stops ``mscate init`` with the locations named (#16 item 7)."""
+    from conftest import write_raster
+
+    units = new_rct(tmp_path / "data", n_villages=6) if SCENE.is_file() else None
+    if units is None:
+        pytest.skip(f"real raster absent at {SCENE}")
+    far = write_raster(tmp_path / "far.tif", np.ones((3, 20, 20), np.float32), crs="EPSG:32636")
+    args = init_args(tmp_path / "s", units)
+    args[args.index("--scenes") + 1] = str(far)
+    assert mscate(args) == 2
+    err = capsys.readouterr().err
+    assert "locations" in err and "6 of 6" in err and not (tmp_path / "s" / "params.yaml").exists()
+
+
+def test_cli_help_and_version_stay_light():
+    """``mscate --help`` / ``--version`` parse before importing the heavy libraries (torch, econml, DVC,
+    geopandas), which took 8-19 s; ``benchmarks/cli.py`` times them."""
+    code = ("import sys; from pipeline.cli import main\n"
+            "for argv in (['--help'], ['--version'], ['init', '--help'], ['run', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "heavy = [m for m in ('torch', 'econml', 'dvc', 'geopandas', 'sklearn', 'rasterio') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out and "mscate " in out and "--nodata" in out and "study folder" in out

@@ -493,7 +493,8 @@ def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(str(path), "a params YAML file", "no such file",
-                          "run from the study folder or pass --params PATH")
+                          "run in the study folder, give the folder to `mscate run` / `mscate report`, or pass "
+                          "--params PATH to a stage")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -312,6 +312,40 @@ class StageSpec:
     plots: Callable[[StudyLayout], list[tuple[Path, dict]]] = lambda L: []
 
 
+TOC_TEMPLATE = "toc_by_set"
+"""The DVC plot template of the TOC table (``.dvc/plots/toc_by_set.json``): one line per scale set, dashes by
+revision (DVC's ``linear`` template colours by revision only, which merges the sets into one series)."""
+
+
+def plot_templates() -> dict[str, dict]:
+    """The project's DVC plot templates (Vega-Lite, with DVC's anchors), by name."""
+    return {TOC_TEMPLATE: {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "data": {"values": "<DVC_METRIC_DATA>"},
+        "title": "<DVC_METRIC_TITLE>",
+        "width": 400, "height": 300,
+        "mark": {"type": "line", "point": True, "tooltip": {"content": "data"}},
+        "encoding": {
+            "x": {"field": "<DVC_METRIC_X>", "type": "quantitative", "title": "treated fraction q"},
+            "y": {"field": "<DVC_METRIC_Y>", "type": "quantitative", "title": "TOC estimate"},
+            "color": {"field": "set", "type": "nominal", "title": "scale set"},
+            "strokeDash": {"field": "rev", "type": "nominal", "title": "revision"},
+        },
+    }}
+
+
+def write_plot_templates(dvc_dir: str | os.PathLike) -> list[Path]:
+    """Write :func:`plot_templates` into a DVC repository's ``.dvc/plots/``; return the files."""
+    folder = Path(dvc_dir) / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, spec in plot_templates().items():
+        path = folder / f"{name}.json"
+        path.write_text(json.dumps(spec, indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
 def _no_cache(**extra) -> dict:
     return {"cache": False, **extra}
 
@@ -347,18 +381,19 @@ STAGES: tuple[StageSpec, ...] = (
                                      "pipeline/estimate/rate.py", "pipeline/estimate/_rate_kernel.py",
                                      "pipeline/report/figures.py"),
               lambda L, k: [L.cate.root] + ([L.truth] if k == "simulation" else []),
-              lambda L: [(L.evaluate.rate_table, _no_cache()), (L.evaluate.toc_png, _no_cache())],
+              lambda L: [(L.evaluate.rate_table, _no_cache())],
               metrics=lambda L: [L.evaluate.metrics],
-              plots=lambda L: [(L.evaluate.toc, {"x": "q", "y": "estimate", "template": "linear"})]),
+              plots=lambda L: [(L.evaluate.toc, {"x": "q", "y": "estimate", "template": TOC_TEMPLATE}),
+                               (L.evaluate.toc_png, {})]),
 )
 """The CATE study's stages, in order (``kinds``: simulation, real study, or both)."""
 
 SCALING_STAGE = StageSpec(
     "scaling", "grow encoders by every scaling strategy; count FLOPs/params/activations, time them",
     ("scaling",), ("pipeline/procedures/scaling.py", "pipeline/report/figures.py", "models", "configs/encoders"),
-    lambda L, k: [], lambda L: [(L.scaling.table, _no_cache()), (L.scaling.figure("acts"), _no_cache()),
-                                (L.scaling.figure("time"), _no_cache())],
-    kinds=("scaling",), metrics=lambda L: [L.scaling.metrics])
+    lambda L, k: [], lambda L: [(L.scaling.table, _no_cache())],
+    kinds=("scaling",), metrics=lambda L: [L.scaling.metrics],
+    plots=lambda L: [(L.scaling.figure("acts"), {}), (L.scaling.figure("time"), {})])
 
 EXTRAPOLATE_STAGE = StageSpec(
     "extrapolate", "CATE at locations without units, from the scales available there (labelled)",

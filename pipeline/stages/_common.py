@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from typing import Callable
 
@@ -23,7 +24,7 @@ def guarded(name: str, debug: bool, func, *args) -> int:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DataWarning):
-            print(f"warning [{name}] {message}", file=sys.stderr)
+            logging.getLogger(f"pipeline.stages.{name}").warning(f"warning [{name}] {message}")
         else:
             default_show(message, category, filename, lineno, file, line)
 
