@@ -193,9 +193,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for name, e in result.metrics["sets"].items():
         row = f"<td>{name}</td><td>AUTOC</td><td>{e['AUTOC']['estimate']:.3f}</td><td>{e['AUTOC']['std_err']:.3f}</td>"
         assert row in dom
-    assert dom.count("data:image/png;base64,") == 3 and "http" not in dom.split("<body>")[1][:2000]
+    assert dom.count("data:image/png;base64,") == 5 and "http" not in dom.split("<body>")[1][:2000]
+    m = result.metrics
+    for heading in ("Calibration test", "Sorted group effects (GATES, all)", "Best linear projection on the "
+                    "covariates", "CATE distribution", "CATE map", "Provenance"):
+        assert f"<h2>{heading}</h2>" in dom
+    for g in m["gates"]["groups"]:  # GATES rows equal metrics.json
+        assert f"<td>Q{g['group']}</td><td>{g['estimate']:.3f}</td><td>{g['std_err']:.3f}</td>" in dom
+    for t in m["blp"]["terms"]:
+        assert f"<td>{t['term']}</td><td>{t['estimate']:.3f}</td><td>{t['std_err']:.3f}</td>" in dom
+    c = m["sets"]["all"]["calibration"]
+    assert f"<td>all</td><td>{c['mean_prediction']:.3f}</td><td>{c['mean_prediction_se']:.3f}</td>" in dom
+    import hashlib
+    units_sha = hashlib.sha256((tmp_path / "s" / "out" / "prepare" / "units.parquet").read_bytes()).hexdigest()
+    assert units_sha in dom and "econml " in dom
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1100,3000", html.as_uri()],
+    subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1100,7000", html.as_uri()],
                    capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     coloured = (np.abs(img - img.mean(axis=2, keepdims=True)).sum(axis=2) > 60).mean()

@@ -51,6 +51,11 @@ def test_all_stages_run_and_write_metrics(tiny_study, tiny_params):
     assert "tau" not in units.columns
     index = json.loads((out / "features" / "index.json").read_text())
     assert not any("tau" in c or "f_fine" in c for s in index["sets"].values() for c in s["columns"])
+    cate = gpd.read_parquet(out / "cate" / "cate.parquet")  # GeoParquet: opens as a layer in QGIS
+    assert cate.crs.to_epsg() == 4326 and cate.geometry.geom_type.eq("Point").all()
+    first = cate.drop_duplicates("unit_id").set_index("unit_id").geometry
+    assert first.reindex(units["unit_id"].astype(str)).geom_equals(units.set_index(units["unit_id"].astype(str))
+                                                                     .geometry.to_crs(4326)).all()
     card = json.loads((out / "embed" / "vit_tiny" / "card.json").read_text())
     assert card["family"] == "vit" and card["params"] > 0
 

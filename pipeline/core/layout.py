@@ -380,7 +380,7 @@ STAGES: tuple[StageSpec, ...] = (
               ("seed", "evaluate"), ("pipeline/procedures/evaluate.py", "pipeline/estimate/inference.py",
                                      "pipeline/estimate/rate.py", "pipeline/estimate/_rate_kernel.py",
                                      "pipeline/report/figures.py"),
-              lambda L, k: [L.cate.root] + ([L.truth] if k == "simulation" else []),
+              lambda L, k: [L.units, L.cate.root] + ([L.truth] if k == "simulation" else []),
               lambda L: [(L.evaluate.rate_table, _no_cache())],
               metrics=lambda L: [L.evaluate.metrics],
               plots=lambda L: [(L.evaluate.toc, {"x": "q", "y": "estimate", "template": TOC_TEMPLATE}),

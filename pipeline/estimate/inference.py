@@ -1,5 +1,6 @@
 """Inference on cross-fitted CATEs beyond a single RATE: sequential (cross-fold) RATE, the BLP calibration
-test, held-out choice of a scale set, the AIPW ATE's cluster-robust SE and the difference in means.
+test, the best linear projection on covariates, sorted group effects (GATES), held-out choice of a scale set,
+the AIPW ATE's cluster-robust SE and the difference in means.
 
 Torch- and forest-free: every function takes DR scores, priorities, outcomes and cluster labels as arrays.
 The evaluation procedure that combines them is :mod:`pipeline.procedures.evaluate`.
@@ -39,6 +40,75 @@ def difference_in_means(Y: np.ndarray, W: np.ndarray, clusters: np.ndarray) -> t
     meat = scores.T @ scores * (g / (g - 1)) * ((n - 1) / (n - k))
     V = bread @ meat @ bread
     return float(beta[1]), float(np.sqrt(V[1, 1]))
+
+
+def best_linear_projection(scores, X, clusters, names=None) -> dict:
+    """The best linear projection of the CATE on covariates (grf's ``best_linear_projection``): OLS of the DR
+    scores on an intercept and the covariates, with cluster-robust (CR1) standard errors.
+
+    With cross-fitted DR scores Gamma_i (never fitted on unit i's cluster), the coefficients estimate the best
+    linear approximation of the CATE in the covariates; the intercept is the ATE when the covariates are
+    centred (they are centred here). Each coefficient gets a two-sided normal p-value.
+
+    Args:
+        scores: (n,) DR scores.
+        X: (n, p) covariates (centred here).
+        clusters: (n,) cluster labels.
+        names: the covariates' names (default x0, x1, ...).
+
+    Returns:
+        ``{"terms": [{"term", "estimate", "std_err", "p_value"}, ...]}``, intercept first.
+    """
+    y = np.asarray(scores, dtype=np.float64)
+    X = np.asarray(X, dtype=np.float64).reshape(len(y), -1)
+    names = list(names) if names is not None else [f"x{j}" for j in range(X.shape[1])]
+    D = np.column_stack([np.ones(len(y)), X - X.mean(axis=0)])
+    beta, *_ = np.linalg.lstsq(D, y, rcond=None)
+    bread = np.linalg.pinv(D.T @ D)
+    sums = pd.DataFrame(D * (y - D @ beta)[:, None]).groupby(np.asarray(clusters)).sum().to_numpy()
+    g, n, k = len(sums), len(y), D.shape[1]
+    V = bread @ (sums.T @ sums) @ bread * (g / (g - 1)) * ((n - 1) / (n - k))
+    se = np.sqrt(np.maximum(np.diag(V), 0.0))
+    p = 2 * stats.norm.sf(np.abs(beta / np.where(se > 0, se, np.nan)))
+    return {"terms": [{"term": t, "estimate": float(b), "std_err": float(e), "p_value": float(q)}
+                      for t, b, e, q in zip(["(intercept)", *names], beta, se, p)]}
+
+
+def sorted_group_effects(scores, priorities, clusters, folds, n_groups: int = 4) -> dict:
+    """GATES (sorted group average treatment effects) from sequential cross-fitting: within each evaluation
+    fold, units are cut into ``n_groups`` groups by their priority (quantiles; group 1 lowest), and each
+    group's effect is the mean DR score of its units with a cluster-robust SE; the folds' estimates are
+    averaged, with SE sqrt(sum SE_k^2) / K as the RATE's (the folds' priorities come from earlier folds only).
+
+    Returns:
+        ``{"groups": [{"group", "estimate", "std_err", "ci_low", "ci_high", "n"}, ...], "n_folds": K}``.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    priorities = np.asarray(priorities, dtype=np.float64)
+    clusters, folds = np.asarray(clusters), np.asarray(folds)
+    ok = np.isfinite(scores) & np.isfinite(priorities)
+    fold_ids = np.unique(folds[ok])
+    est = np.zeros((len(fold_ids), n_groups))
+    var = np.zeros_like(est)
+    count = np.zeros(n_groups, dtype=np.int64)
+    for i, f in enumerate(fold_ids):
+        m = ok & (folds == f)
+        rank = stats.rankdata(priorities[m], method="average")
+        group = np.minimum((n_groups * (rank - 0.5) / m.sum()).astype(int), n_groups - 1)
+        for j in range(n_groups):
+            sel = group == j
+            if sel.sum() < 2:
+                est[i, j], var[i, j] = np.nan, np.nan
+                continue
+            mean, se = cluster_mean_se(scores[m][sel], clusters[m][sel])
+            est[i, j], var[i, j] = mean, se ** 2
+            count[j] += int(sel.sum())
+    k = len(fold_ids)
+    means, ses = est.mean(axis=0), np.sqrt(var.sum(axis=0)) / k
+    z = stats.norm.ppf(0.975)
+    return {"n_folds": int(k), "groups": [
+        {"group": j + 1, "estimate": float(means[j]), "std_err": float(ses[j]), "ci_low": float(means[j] - z * ses[j]),
+         "ci_high": float(means[j] + z * ses[j]), "n": int(count[j])} for j in range(n_groups)]}
 
 
 def sequential_rate(scores, priorities, clusters, folds, *, target="AUTOC", q=None, n_boot=EvaluateConfig.n_boot,

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
 
@@ -41,7 +42,7 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
       priorities and DR scores (``dr_score_seq``) of the calibrated RATE test (see :mod:`pipeline.procedures.evaluate`).
 
     Writes (:class:`pipeline.core.layout.CatePaths`) the CATE table (set, unit, cluster, fold, tau_hat,
-    lower, upper, priority_seq), the DR table (per unit: W, Y, K-fold DR score, m_hat, propensity, and the
+    lower, upper, priority_seq; GeoParquet with each unit's point), the DR table (per unit: W, Y, K-fold DR score, m_hat, propensity, and the
     sequential DR score, all from the ``cfg.dr_reference`` set), the scales of every set, the importance by
     scale and the linear corrections chosen.
 
@@ -112,6 +113,9 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
                        "dr_score": dr_scores(Y, W, ref.tau_hat, ref.m_hat, ref.e_hat), "m_hat": ref.m_hat,
                        "e_hat": ref.e_hat, "tau_ref": ref.tau_hat, "dr_score_seq": seq_scores})
     table = pd.concat(rows, ignore_index=True)
+    # GeoParquet with each unit's point (longitude/latitude): the CATEs open in QGIS or geopandas as a layer
+    geometry = units.geometry.to_crs(4326).to_numpy()
+    table = gpd.GeoDataFrame(table, geometry=np.tile(geometry, len(rows)), crs=4326)
     write_with(paths.dr, lambda tmp: dr.to_parquet(tmp, index=False))
     write_json(paths.sets, {k: v["scales"] for k, v in sets.items()})
     write_json(paths.importance, importance)

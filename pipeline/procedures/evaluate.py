@@ -36,14 +36,22 @@ from ..core.artifacts import require, write_json, write_with
 from ..core.config import Config
 from ..core.layout import CatePaths, EvaluatePaths, StudyLayout
 from ..estimate.inference import (
+    best_linear_projection,
     calibration_test,
     cluster_mean_se,
     difference_in_means,
     held_out_selection,
     paired_against_earlier_choice,
     sequential_rate,
+    sorted_group_effects,
 )
 from ..report.figures import plot_toc
+
+GATES_GROUPS = 4
+GATES_NOTE = ("mean DR score by quartile of the CATE within each evaluation fold of the sequential scheme "
+              "(ranked by models fitted on earlier folds); folds averaged")
+BLP_NOTE = ("OLS of the cross-fitted DR scores on the centred covariates, cluster-robust SEs (grf's "
+            "best_linear_projection): the intercept is the ATE, each slope the linear change of the CATE")
 
 PAIRED_NOTE = ("the comparator of evaluation fold k is the single scale with the highest RATE Ratio on the "
                "evaluation folds before k; the first evaluation fold only chooses, the later ones are tested")
@@ -56,7 +64,7 @@ def _summary(res) -> dict:
 
 
 def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.PathLike,
-                   truth_path: str | os.PathLike | None = None) -> dict:
+                   truth_path: str | os.PathLike | None = None, units_path: str | os.PathLike | None = None) -> dict:
     """Compute the metrics, the RATE table, the TOC table and figure (:class:`~pipeline.core.layout.EvaluatePaths`)
     from the cate stage's outputs.
 
@@ -66,6 +74,7 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
         seed: bootstrap seed (shared by all sets so that their draws are identical).
         out_dir: output folder.
         truth_path: optional parquet of the true CATE (simulations only).
+        units_path: optional units table: its covariates (``x_*``) give the best linear projection.
     """
     cate, paths = CatePaths(Path(cate_dir)), EvaluatePaths(Path(out_dir))
     table = pd.read_parquet(require(cate.table, "the cate stage's CATE table"))
@@ -137,6 +146,19 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
             for target in cfg.targets:
                 metrics["paired"][target] = _summary(paired[target])
 
+    ref_name = cfg.reference_set if cfg.reference_set in by_set else next(iter(by_set))
+    metrics["gates"] = {"set": ref_name, "note": GATES_NOTE, **sorted_group_effects(
+        seq_scores, by_set[ref_name]["priority_seq"].to_numpy(), clusters, folds, GATES_GROUPS)}
+    if units_path is not None:
+        from ..core.units import read_units
+
+        units = read_units(units_path)
+        units.index = units["unit_id"].astype(str)
+        cov = [c for c in units.columns if c.startswith("x_")]
+        if cov:
+            X = units.reindex(dr["unit_id"].astype(str))[cov].to_numpy(dtype=np.float64)
+            metrics["blp"] = {"note": BLP_NOTE, **best_linear_projection(dr["dr_score"].to_numpy(), X, clusters,
+                                                                         names=[c[2:] for c in cov])}
     ate, ate_se = cluster_mean_se(dr["dr_score"].to_numpy(), clusters)
     dim, dim_se = difference_in_means(dr["Y"].to_numpy(), dr["W"].to_numpy(), clusters)
     metrics["ate"] = {"aipw": ate, "aipw_se": ate_se, "aipw_ci": [ate - 1.96 * ate_se, ate + 1.96 * ate_se],
@@ -158,4 +180,4 @@ def run(cfg: Config, out: str | os.PathLike) -> dict:
     layout = StudyLayout(out)
     layout.evaluate.run_record.unlink(missing_ok=True)  # a record of an earlier run no longer describes these
     truth = layout.truth if layout.truth.exists() else None
-    return evaluate_study(layout.cate.root, cfg.evaluate, cfg.seed, layout.evaluate.root, truth)
+    return evaluate_study(layout.cate.root, cfg.evaluate, cfg.seed, layout.evaluate.root, truth, layout.units)

@@ -115,3 +115,34 @@ def plot_extrapolation_map(points, path: str | os.PathLike, note: str = "") -> N
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def plot_cate_histogram(cate, path: str | os.PathLike, set_name: str) -> None:
+    """Distribution of the out-of-fold CATEs of one scale set (units), with their mean."""
+    tau = cate.loc[cate["set"] == set_name, "tau_hat"].to_numpy()
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=120)
+    ax.hist(tau, bins=40, color="#4c72b0", edgecolor="white")
+    ax.axvline(tau.mean(), color="black", lw=1, label=f"mean {tau.mean():.3f}")
+    ax.set_xlabel(f"out-of-fold CATE ({set_name})")
+    ax.set_ylabel("units")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
+def plot_gates(gates: dict, path: str | os.PathLike) -> None:
+    """Sorted group effects: mean DR score per CATE quartile with 95 % intervals."""
+    groups = gates["groups"]
+    x = [g["group"] for g in groups]
+    est = [g["estimate"] for g in groups]
+    err = [[g["estimate"] - g["ci_low"] for g in groups], [g["ci_high"] - g["estimate"] for g in groups]]
+    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=120)
+    ax.errorbar(x, est, yerr=err, fmt="o", capsize=4, color="#c44e52")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(x, [f"Q{g}" for g in x])
+    ax.set_xlabel(f"quartile of the CATE ({gates['set']}; Q1 lowest)")
+    ax.set_ylabel("group effect (mean DR score)")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
