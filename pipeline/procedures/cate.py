@@ -42,7 +42,8 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
       priorities and DR scores (``dr_score_seq``) of the calibrated RATE test (see :mod:`pipeline.procedures.evaluate`).
 
     Writes (:class:`pipeline.core.layout.CatePaths`) the CATE table (set, unit, cluster, fold, tau_hat,
-    lower, upper, priority_seq; GeoParquet with each unit's point), the DR table (per unit: W, Y, K-fold DR score, m_hat, propensity, and the
+    lower, upper, priority_seq; GeoParquet with each unit's point), the DR table (per unit: W, Y, K-fold DR
+    score, m_hat, propensity, and the
     sequential DR score, all from the ``cfg.dr_reference`` set), the scales of every set, the importance by
     scale and the linear corrections chosen.
 
