@@ -331,7 +331,9 @@ def test_init_study_supports_dvc_experiments(tmp_path):
     study = tmp_path / "s"
 
     def run(*cmd):
-        return subprocess.run(cmd, cwd=study, check=True, capture_output=True, text=True).stdout
+        res = subprocess.run(cmd, cwd=study, capture_output=True, text=True)
+        assert res.returncode == 0, f"{' '.join(cmd)}: {res.stderr[-3000:]}"
+        return res.stdout
 
     assert "Study created by mscate init" in run("git", "log", "--format=%s")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "smaller forests for the test")

@@ -296,3 +296,16 @@ def test_gates_intervals_cover_the_ate_without_heterogeneity():
         g = sorted_group_effects(scores, rng.normal(size=len(cl)), cl, folds, 4)["groups"]
         cover += [x["ci_low"] <= 0.5 <= x["ci_high"] for x in g]
     assert 0.92 <= np.mean(cover) <= 0.98
+
+
+def test_gates_on_a_tiny_trial_skip_groups_of_one_cluster():
+    """A fold whose quartile holds a single cluster gives no SE: that fold does not count for that group
+    (it used to divide by zero inside the evaluate stage of a small study)."""
+    from pipeline.estimate.inference import sorted_group_effects
+
+    cl = np.repeat(np.arange(8), 5)
+    folds = np.repeat([1, 1, 1, 1, 2, 2, 2, 2], 5)
+    prio = np.repeat(np.arange(8.0), 5)  # priorities constant within clusters: each quartile is one cluster
+    g = sorted_group_effects(np.arange(40.0), prio, cl, folds, 4)["groups"]
+    assert all(np.isnan(x["estimate"]) and np.isnan(x["std_err"]) for x in g)
+    assert cluster_mean_se(np.ones(3), np.zeros(3))[1] != cluster_mean_se(np.ones(3), np.zeros(3))[1]  # NaN

@@ -23,6 +23,8 @@ def cluster_mean_se(values: np.ndarray, clusters: np.ndarray) -> tuple[float, fl
     mean = float(v.mean())
     sums = pd.Series(v - mean).groupby(np.asarray(clusters)).sum().to_numpy()
     g = len(sums)
+    if g < 2:  # one cluster: no between-cluster variation to estimate a standard error from
+        return mean, float("nan")
     se = float(np.sqrt(g / (g - 1) * np.sum(sums ** 2)) / len(v))
     return mean, se
 
@@ -79,6 +81,8 @@ def sorted_group_effects(scores, priorities, clusters, folds, n_groups: int = 4)
     fold, units are cut into ``n_groups`` groups by their priority (quantiles; group 1 lowest), and each
     group's effect is the mean DR score of its units with a cluster-robust SE; the folds' estimates are
     averaged, with SE sqrt(sum SE_k^2) / K as the RATE's (the folds' priorities come from earlier folds only).
+    A fold where a group holds fewer than two clusters (a small trial) does not count for that group; a group
+    that no fold can estimate is NaN.
 
     Returns:
         ``{"groups": [{"group", "estimate", "std_err", "ci_low", "ci_high", "n"}, ...], "n_folds": K}``.
@@ -97,14 +101,17 @@ def sorted_group_effects(scores, priorities, clusters, folds, n_groups: int = 4)
         group = np.minimum((n_groups * (rank - 0.5) / m.sum()).astype(int), n_groups - 1)
         for j in range(n_groups):
             sel = group == j
-            if sel.sum() < 2:
+            mean, se = cluster_mean_se(scores[m][sel], clusters[m][sel]) if sel.any() else (np.nan, np.nan)
+            if not np.isfinite(se):
                 est[i, j], var[i, j] = np.nan, np.nan
                 continue
-            mean, se = cluster_mean_se(scores[m][sel], clusters[m][sel])
             est[i, j], var[i, j] = mean, se ** 2
             count[j] += int(sel.sum())
     k = len(fold_ids)
-    means, ses = est.mean(axis=0), np.sqrt(var.sum(axis=0)) / k
+    valid = np.isfinite(est).sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(valid > 0, np.nansum(est, axis=0) / np.maximum(valid, 1), np.nan)
+        ses = np.where(valid > 0, np.sqrt(np.nansum(var, axis=0)) / np.maximum(valid, 1), np.nan)
     z = stats.norm.ppf(0.975)
     return {"n_folds": int(k), "groups": [
         {"group": j + 1, "estimate": float(means[j]), "std_err": float(ses[j]), "ci_low": float(means[j] - z * ses[j]),
