@@ -100,8 +100,8 @@ def crossfit(n: int, p: int, args) -> None:
 
 
 def stage_times(study_out: Path, params: Path) -> None:
-    """The cate and evaluate stages of a study that has run, with its params and with the settings of the
-    first release (every feature tried per split, nuisances refitted per scale set), in one process."""
+    """The cate and evaluate stages of a study that has run, with its params and without grf's mtry and the
+    shared nuisances (every feature tried per split, nuisances refitted per scale set), in one process."""
     from pipeline.core.config import load_config
     from pipeline.core.layout import StudyLayout
     from pipeline.procedures.cate import run_cate
@@ -113,8 +113,8 @@ def stage_times(study_out: Path, params: Path) -> None:
         return
     cfg = load_config(params)
     truth = layout.truth if layout.truth.exists() else None
-    variants = {"params": cfg.cate, "first release": dataclasses.replace(cfg.cate, mtry="all",
-                                                                         shared_nuisance=False)}
+    variants = {"params": cfg.cate, "no grf mtry, no sharing": dataclasses.replace(cfg.cate, mtry="all",
+                                                                                   shared_nuisance=False)}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cate_cfg in variants.items():
             cate_dir, eval_dir = Path(tmp) / f"cate-{name}", Path(tmp) / f"eval-{name}"
@@ -127,7 +127,7 @@ def stage_times(study_out: Path, params: Path) -> None:
             first = cfg.evaluate.targets[0]
             extra = (f", coverage {ref['interval_coverage']:.3f}, corr(tau) {ref['corr_true_tau']:.3f}"
                      if "interval_coverage" in ref else "")
-            print(f"  {name:>13s}: cate {t1 - t0:6.1f} s + evaluate {t2 - t1:5.1f} s = {t2 - t0:6.1f} s; "
+            print(f"  {name:>24s}: cate {t1 - t0:6.1f} s + evaluate {t2 - t1:5.1f} s = {t2 - t0:6.1f} s; "
                   f"{cfg.evaluate.reference_set}: {first} ratio {ref[first]['ratio']:.2f}{extra}", flush=True)
 
 

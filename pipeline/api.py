@@ -87,7 +87,21 @@ class Study:
     the same procedure that its DVC stage runs.
     """
 
-    def __init__(self, folder: str | os.PathLike, params: Mapping[str, Any] | None = None):
+    def __init__(self, folder: str | os.PathLike, params: Mapping[str, Any] | None = None, learner=None):
+        """A study folder, optionally with new params and a CATE learner of one's own.
+
+        Args:
+            folder: the study folder (``params.yaml``, ``out/``).
+            params: the study's params, validated and written to ``folder/params.yaml``; None reads that file.
+            learner: an econml-shaped CATE learner (``fit(Y, T, *, X, groups=None)``, ``effect(X)``, optionally
+                ``effect_interval``) used by the cate stage instead of the causal forest: cloned per fold and
+                cross-fitted exactly as the forest is; the DR scores keep the project's nuisance models.
+        """
+        if learner is not None:
+            from .estimate.cate import check_learner
+
+            check_learner(learner)
+        self.learner = learner
         self.folder = Path(folder)
         self.params_path = self.folder / "params.yaml"
         if params is not None:
@@ -145,7 +159,7 @@ class Study:
     def cate(self) -> None:
         from .procedures import cate
 
-        cate.run(self.config, self.out)
+        cate.run(self.config, self.out, learner=self.learner)
 
     def evaluate(self) -> dict:
         from .procedures import evaluate
@@ -163,8 +177,20 @@ class Study:
             stale.unlink(missing_ok=True)
         for stage in self.stages:
             getattr(self, stage)()
-        write_json(ev.run_record, {"params": params_digests(self.config)})
+        write_json(ev.run_record, {"params": params_digests(self.config), "learner": self._learner_text()})
         return self.result()
+
+    def _learner_text(self) -> str:
+        return "" if self.learner is None else repr(self.learner)
+
+    def unit_features(self, encoder: str = "spectral"):
+        """The per-scale embeddings of ``encoder`` as unit-level matrices aligned with the units table (after
+        the embed stage): ``(units, {scale: array}, {scale: column names})``, ready for
+        :class:`pipeline.estimate.concat.MultiScaleLearner` or a learner of one's own."""
+        from .procedures.features import unit_features_by_scale
+
+        return unit_features_by_scale(self.layout.units, self.layout.tile.root, self.layout.embed.root,
+                                      self.config.features, encoder)
 
     def result(self) -> StudyResult:
         """Load the outputs of a study that has run (through this API or ``dvc repro``).
@@ -173,6 +199,17 @@ class Study:
             ArtifactError: when the study has not run, or its results were made with other params than the
                 folder's ``params.yaml`` (changed since, or a later run failed).
         """
+        record = self.layout.evaluate.run_record
+        if record.is_file():
+            import json
+
+            from .core.errors import ArtifactError
+
+            made = json.loads(record.read_text()).get("learner", "")
+            if self.learner is not None and made != self._learner_text():
+                raise ArtifactError(str(self.out), f"results of the learner {self._learner_text() or 'causal forest'}",
+                                    f"results of {made or 'the causal forest'}",
+                                    "rerun the study with this learner (Study(folder, learner=...).run())")
         return load_result(self.out, params=self.params_path)
 
 

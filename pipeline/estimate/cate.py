@@ -750,17 +750,69 @@ class FoldFit:
     correction: str | None  # the final stage used, when fitted by this project's final stage
 
 
+def check_learner(learner) -> None:
+    """A user's CATE learner must have econml's shape: ``fit(Y, T, *, X, ...)`` and ``effect(X)``.
+
+    Raises:
+        EstimationError: naming what is missing.
+    """
+    missing = [m for m in ("fit", "effect") if not callable(getattr(learner, m, None))]
+    if missing:
+        raise EstimationError("learner", "an econml-shaped CATE learner: fit(Y, T, *, X, groups=None) and "
+                              "effect(X) (e.g. econml's CausalForestDML or pipeline.CausalForestCATE)",
+                              f"{type(learner).__name__} without {', '.join(missing)}", "wrap it to that shape")
+
+
+def _fit_own_learner(learner, Y, T, X, groups, seed: int):
+    """A fresh copy of a user's learner (scikit-learn ``clone``; ``random_state`` set to ``seed`` when it has
+    one), fitted with ``groups`` when its ``fit`` takes them."""
+    import inspect
+
+    from sklearn.base import clone
+
+    est = clone(learner)
+    if "random_state" in est.get_params(deep=False):
+        est.set_params(random_state=seed)
+    kw = {"groups": groups} if "groups" in inspect.signature(est.fit).parameters else {}
+    with _quiet_econml():
+        est.fit(Y, T, X=X, **kw)
+    return est
+
+
+def _own_learner_predictions(est, X) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CATEs of a user's learner and its 95 % intervals (NaN when it has no ``effect_interval`` or was fitted
+    without inference)."""
+    with _quiet_econml():
+        tau = np.asarray(est.effect(X), dtype=np.float64).reshape(-1)
+        try:
+            lo, hi = est.effect_interval(X, alpha=0.05)
+            lo, hi = np.asarray(lo, dtype=np.float64).reshape(-1), np.asarray(hi, dtype=np.float64).reshape(-1)
+        except Exception:  # noqa: BLE001 (no inference: econml raises several types)
+            lo = hi = np.full(len(tau), np.nan)
+    return tau, lo, hi
+
+
 def fit_fold(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, f: int, tr: np.ndarray,
-             te: np.ndarray, cfg, seed: int, with_outcome_model: bool = False, nuisance: tuple | None = None
-             ) -> FoldFit:
+             te: np.ndarray, cfg, seed: int, with_outcome_model: bool = False, nuisance: tuple | None = None,
+             learner=None) -> FoldFit:
     """Fit fold ``f``'s estimator (seed ``seed + f``) on the training rows ``tr`` and predict the test rows
     ``te``: the unit of work of :func:`crossfit_cate`, and a task of the cate stage on a Dask cluster.
 
     ``nuisance``: this split's ``(m_train, e_train, m_test, e_test)`` from :func:`fold_nuisances` (shared by
     every scale set); when None, a linear correction computes them here from ``X`` (seed ``seed``) and
-    otherwise the estimator fits its own.
+    otherwise the estimator fits its own. ``learner``: a user's econml-shaped CATE learner used instead of
+    :class:`CausalForestCATE` (a clone per fold; the DR scores' nuisances are still the project's).
     """
     groups = np.asarray(clusters)
+    if learner is not None:
+        est = _fit_own_learner(learner, Y[tr], W[tr], X[tr], groups[tr], seed + f)
+        tau, lo, hi = _own_learner_predictions(est, X[te])
+        if nuisance is not None:
+            m_te, e_te = nuisance[2], nuisance[3]
+        else:
+            m_te, e_te = heldout_nuisances(X[tr], Y[tr], W[tr], X[te], cfg, seed + 1000 + f, with_outcome_model)
+        return FoldFit(tau_hat=tau, lower=lo, upper=hi, e_hat=np.broadcast_to(e_te, tau.shape).copy(),
+                       m_hat=m_te if with_outcome_model else None, importance=None, correction=None)
     est = CausalForestCATE.from_config(cfg, seed + f)
     if nuisance is None and cfg.linear_correction != "none":
         nuisance = fold_nuisances(X, Y, W, groups, f, tr, te, cfg, seed)

@@ -21,6 +21,7 @@ from ..estimate.cate import (
     assemble_folds,
     check_design,
     check_features,
+    check_learner,
     check_trial_design,
     dr_scores,
     fit_fold,
@@ -31,7 +32,8 @@ from ..estimate.cate import (
 )
 
 
-def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True, client=None) -> pd.DataFrame:
+def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool = True, client=None,
+             learner=None) -> pd.DataFrame:
     """Cross-fit causal forests on every scale set's features and write the cate stage's outputs.
 
     Two cross-fitting schemes run on the same cluster-grouped folds (shared by all sets):
@@ -50,8 +52,11 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     Every (scale set, scheme, fold) fit is one task (:func:`pipeline.estimate.cate.fit_fold`), after the
     shared nuisances' tasks (:func:`pipeline.estimate.cate.fold_nuisances`); with a Dask ``client`` they run
     on its workers (one thread each) and are gathered in a fixed order, so the outputs are bitwise identical
-    to the synchronous run.
+    to the synchronous run. ``learner``: a user's econml-shaped CATE learner instead of the causal forest
+    (:func:`pipeline.estimate.cate.fit_fold`).
     """
+    if learner is not None:
+        check_learner(learner)
     units = read_units(units_path)
     features, paths = FeaturePaths(Path(features_dir)), CatePaths(Path(out_dir))
     index = json.loads(require(features.index, "the features stage's index").read_text())
@@ -86,7 +91,7 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
         done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None))
         shared = {sch: {f: next(done) for f, _, _ in splits} for sch, (splits, _) in schemes.items()}
     items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
-              None if shared[sch] is None else shared[sch][f])
+              None if shared[sch] is None else shared[sch][f], learner)
              for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits]
     done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None))
     rows, importance, corrections, results = [], {}, {}, {}
@@ -125,8 +130,10 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     return table
 
 
-def run(cfg: Config, out: str | os.PathLike, progress: bool = True) -> pd.DataFrame:
-    """The cate stage: units and features of ``out`` into ``out/cate``, on the ``compute`` backend."""
+def run(cfg: Config, out: str | os.PathLike, progress: bool = True, learner=None) -> pd.DataFrame:
+    """The cate stage: units and features of ``out`` into ``out/cate``, on the ``compute`` backend (with
+    ``learner``, a user's CATE learner instead of the causal forest)."""
     layout = StudyLayout(out)
     with dask_client(cfg.compute) as client:
-        return run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, layout.cate.root, progress, client)
+        return run_cate(layout.units, layout.features.root, cfg.cate, cfg.seed, layout.cate.root, progress, client,
+                        learner)

@@ -105,7 +105,9 @@ def evaluate_study(cate_dir: str | os.PathLike, cfg, seed: int, out_dir: str | o
 
     rows, toc_rows = [], []
     fold_results: dict = {}
-    for name in sets:
+    from tqdm import tqdm
+
+    for name in tqdm(list(sets), desc="evaluate (RATE per scale set)", unit="set", disable=None):
         g = by_set[name]
         entry = {"scales": sets[name]}
         for target in cfg.targets:

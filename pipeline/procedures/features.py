@@ -97,6 +97,29 @@ def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, e
     return sets
 
 
+def unit_features_by_scale(units_path: str | os.PathLike, tile_dir: str | os.PathLike, embed_dir: str | os.PathLike,
+                           cfg, encoder: str) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, list[str]]]:
+    """One encoder's embeddings of every scale, as unit-level matrices aligned with the units table: the
+    input of :class:`pipeline.estimate.concat.MultiScaleLearner` (``X`` given per scale) or of a learner of
+    one's own. Units at locations dropped by the tile stage are left out (as the features stage does); the
+    features config's reductions (constant columns, standardisation, PCA, jitter joins) are applied.
+
+    Returns:
+        (units, {scale: (n_units, d) array}, {scale: column names}), rows in the order of ``units``.
+    """
+    units = read_units(units_path)
+    store = ChipStorePaths(Path(tile_dir))
+    manifest = pd.read_parquet(require(store.manifest, "the chip store's manifest"))
+    all_scales = list(dict.fromkeys(manifest["scale"]))
+    scales = [s for s in all_scales if "@j" not in s]
+    copies = {s: [c for c in all_scales if c.startswith(f"{s}@j")] for s in scales}
+    dropped = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
+    units = units[~units["location_id"].astype(str).isin(dropped)].reset_index(drop=True)
+    rows = location_rows(units["location_id"], store, str(units_path))
+    embeddings, names, _ = location_embeddings(EmbeddingPaths(Path(embed_dir)), [encoder], scales, copies, cfg)
+    return units, {s: embeddings[(encoder, s)][rows] for s in scales}, {s: names[(encoder, s)] for s in scales}
+
+
 def run(cfg: Config, out: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """The features stage: units, chip store and embeddings of ``out`` into ``out/features``."""
     layout = StudyLayout(out)
