@@ -193,10 +193,10 @@ def test_report_renders_in_headless_chromium(tmp_path):
     for name, e in result.metrics["sets"].items():
         row = f"<td>{name}</td><td>AUTOC</td><td>{e['AUTOC']['estimate']:.3f}</td><td>{e['AUTOC']['std_err']:.3f}</td>"
         assert row in dom
-    assert dom.count("data:image/png;base64,") == 5 and "http" not in dom.split("<body>")[1][:2000]
+    assert dom.count("data:image/png;base64,") == 6 and "http" not in dom.split("<body>")[1][:2000]
     m = result.metrics
     for heading in ("Calibration test", "Sorted group effects (GATES, all)", "Best linear projection on the "
-                    "covariates", "CATE distribution", "CATE map", "Provenance"):
+                    "covariates", "CATE distribution", "CATE map", "What each scale shows", "Provenance"):
         assert f"<h2>{heading}</h2>" in dom
     for g in m["gates"]["groups"]:  # GATES rows equal metrics.json
         assert f"<td>Q{g['group']}</td><td>{g['estimate']:.3f}</td><td>{g['std_err']:.3f}</td>" in dom

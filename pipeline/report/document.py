@@ -16,7 +16,14 @@ import pandas as pd
 from ..core.artifacts import write_with
 from ..core.errors import ArtifactError
 from ..core.layout import StudyLayout, check_current, load_result
-from .figures import plot_cate_histogram, plot_cate_map, plot_gates, plot_importance
+from .figures import (
+    plot_cate_histogram,
+    plot_cate_map,
+    plot_cate_map_over_scenes,
+    plot_chip_strips,
+    plot_gates,
+    plot_importance,
+)
 
 PACKAGES = ("mscate", "numpy", "pandas", "scikit-learn", "econml", "torch", "timm", "rasterio", "geopandas", "dask",
             "dvc")
@@ -64,8 +71,10 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
     n_scenes = int(manifest["scene"].replace("", pd.NA).dropna().nunique())
     ref = m.get("paired", {}).get("reference") or next(iter(m["sets"]))
     with tempfile.TemporaryDirectory() as tmp:
-        pngs = {k: Path(tmp) / f"{k}.png" for k in ("map", "importance", "hist", "gates")}
-        plot_cate_map(res.cate, pngs["map"], ref)
+        pngs = {k: Path(tmp) / f"{k}.png" for k in ("map", "importance", "hist", "gates", "chips")}
+        if not plot_cate_map_over_scenes(res.cate, _scene_rows(layout), pngs["map"], ref):
+            plot_cate_map(res.cate, pngs["map"], ref)
+        _chip_strips(layout, res.cate, ref, pngs["chips"])
         plot_importance(m, pngs["importance"])
         plot_cate_histogram(res.cate, pngs["hist"], ref)
         if "gates" in m:
@@ -119,6 +128,8 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
             parts.append(f'<img alt="sorted group effects" src="{images["gates"]}">')
     parts += ["<h2>CATE distribution</h2>", f'<img alt="CATE histogram" src="{images["hist"]}">',
               "<h2>CATE map</h2>", f'<img alt="CATE map" src="{images["map"]}">',
+              *(["<h2>What each scale shows</h2>", f'<img alt="chips by CATE" src="{images["chips"]}">']
+                if "chips" in images else []),
               "<h2>Which scale carries the heterogeneity</h2>",
               f'<img alt="importance by scale" src="{images["importance"]}">']
     warn_rows, prov_rows = _warnings_and_provenance(layout, m)
@@ -128,6 +139,37 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
     parts += ["<h2>Provenance</h2>", _table(("", ""), prov_rows, "provenance")]
     md += ["## Provenance", _md_table(("", ""), prov_rows)]
     return parts, md
+
+
+def _scene_rows(layout: StudyLayout) -> list[dict]:
+    """The chip store's scenes (path resolved against the study folder, where the stages ran)."""
+    if not layout.tile.scenes.is_file():
+        return []
+    rows = pd.read_parquet(layout.tile.scenes)[["path", "crs", "bands"]].to_dict("records")
+    for r in rows:
+        p = Path(r["path"])
+        r["path"] = str(p if p.is_absolute() else layout.out.parent / p)
+    return rows
+
+
+def _chip_strips(layout: StudyLayout, cate, ref: str, path: Path, k: int = 5) -> None:
+    """The chip strips figure (lowest and highest mean CATE locations, per scale), when the store is there."""
+    from ..imagery.tiling import read_chip_store
+
+    if not layout.tile.manifest.is_file() or not layout.tile.locations.is_file():
+        return
+    _, chips, manifest = read_chip_store(layout.tile.root)
+    chips = {s: a for s, a in chips.items() if "@j" not in s}
+    locs = pd.read_parquet(layout.tile.locations)
+    row_of = pd.Series(locs["row"].to_numpy() if "row" in locs else range(len(locs)),
+                       index=locs["location_id"].astype(str))
+    tau = cate[cate["set"] == ref].groupby(cate["location_id"].astype(str))["tau_hat"].mean().sort_values()
+    tau = tau[tau.index.isin(row_of.index)]
+    if len(tau) < 2 * k:
+        return
+    bands = pd.read_parquet(layout.tile.scenes)["bands"].iloc[0].split(",") if layout.tile.scenes.is_file() else []
+    plot_chip_strips(chips, row_of[tau.index[:k]], row_of[tau.index[-k:]], bands or ["b1", "b2", "b3"], path,
+                     tau.iloc[:k], tau.iloc[-k:])
 
 
 def _inference_tables(m: dict, ref: str) -> list[tuple[str, tuple, list, str]]:

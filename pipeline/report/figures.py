@@ -146,3 +146,89 @@ def plot_gates(gates: dict, path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, format="png")
     plt.close(fig)
+
+
+def rgb_indices(band_names) -> list[int]:
+    """Indices (0-based) of the red, green and blue bands by name (Landsat names or band numbers of OLI /
+    TM-ETM+ files), else the first three bands (or the one band, as grey)."""
+    names = [str(b).lower() for b in band_names]
+    for trio in (("red", "green", "blue"), ("sr_b4", "sr_b3", "sr_b2"), ("b4", "b3", "b2")):
+        if all(t in names for t in trio):
+            return [names.index(t) for t in trio]
+    return list(range(min(3, len(names)))) or [0]
+
+
+def _stretch(rgb):
+    """Percentile stretch (2-98 %) to [0, 1], NaN shown black."""
+    import numpy as np
+
+    finite = rgb[np.isfinite(rgb)]
+    if not finite.size:
+        return np.zeros_like(rgb)
+    lo, hi = np.percentile(finite, [2, 98])
+    return np.nan_to_num(np.clip((rgb - lo) / (hi - lo if hi > lo else 1.0), 0, 1))
+
+
+def plot_cate_map_over_scenes(cate, scenes, path: str | os.PathLike, set_name: str, max_px: int = 900) -> bool:
+    """Locations coloured by their mean CATE over the imagery (a decimated true-colour view of the scenes in
+    the first scene's CRS). ``scenes``: rows with ``path``, ``crs`` and ``bands``. Returns False (nothing
+    written) when no scene can be drawn."""
+    import numpy as np
+    import rasterio
+    from pyproj import Transformer
+
+    usable = [s for s in scenes if os.path.exists(s["path"]) and s["crs"] == scenes[0]["crs"]][:4]
+    if not usable:
+        return False
+    g = cate[cate["set"] == set_name]
+    loc = g.groupby("location_id").agg(tau=("tau_hat", "mean"), x=("geometry", lambda s: s.iloc[0].x),
+                                       y=("geometry", lambda s: s.iloc[0].y))
+    xs, ys = Transformer.from_crs(4326, usable[0]["crs"], always_xy=True).transform(loc["x"].to_numpy(),
+                                                                                      loc["y"].to_numpy())
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    for s in usable:
+        with rasterio.open(s["path"]) as ds:
+            step = max(1, int(np.ceil(max(ds.width, ds.height) / max_px)))
+            idx = [i + 1 for i in rgb_indices(str(s["bands"]).split(","))]
+            img = ds.read(idx, out_shape=(len(idx), ds.height // step, ds.width // step), masked=True)
+            img = np.moveaxis(img.astype(float).filled(np.nan), 0, -1)
+            b = ds.bounds
+        ax.imshow(_stretch(img) if img.shape[-1] == 3 else _stretch(img[..., 0]), cmap="gray",
+                  extent=(b.left, b.right, b.bottom, b.top), zorder=0)
+    sc = ax.scatter(xs, ys, c=loc["tau"], s=18, cmap="viridis", edgecolor="white", lw=0.4, zorder=2)
+    fig.colorbar(sc, ax=ax, label=f"mean out-of-fold CATE ({set_name})")
+    ax.set_title(f"CATE by location over the imagery ({usable[0]['crs']})")
+    ax.set_xlabel("easting (m)")
+    ax.set_ylabel("northing (m)")
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+    return True
+
+
+def plot_chip_strips(chips: dict, rows_low, rows_high, band_names, path: str | os.PathLike, tau_low, tau_high) -> None:
+    """Per scale (figure rows), the chips of the locations with the lowest and the highest CATE (columns),
+    true colour with one stretch per scale, so a reader sees what each scale shows."""
+    import numpy as np
+
+    idx = rgb_indices(band_names)
+    cols = list(rows_low) + list(rows_high)
+    fig, axes = plt.subplots(len(chips), len(cols), figsize=(1.3 * len(cols), 1.45 * len(chips)), dpi=110,
+                             squeeze=False)
+    for r, (scale, arr) in enumerate(chips.items()):
+        imgs = [np.moveaxis(np.asarray(arr[int(i)], dtype=float)[idx], 0, -1) for i in cols]
+        stretched = _stretch(np.stack(imgs))
+        for c, img in enumerate(stretched):
+            ax = axes[r][c]
+            ax.imshow(img if img.shape[-1] == 3 else img[..., 0], cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                tau = (list(tau_low) + list(tau_high))[c]
+                ax.set_title(("low" if c < len(rows_low) else "high") + f"\n{tau:.2f}", fontsize=7)
+            if c == 0:
+                ax.set_ylabel(scale, fontsize=9)
+    fig.suptitle("Chips of the locations with the lowest and highest CATE, per scale", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
