@@ -2,6 +2,8 @@
 
 * :class:`SpectralStats` — per-band mean, std and 10/50/90 % quantiles of the valid pixels, plus mean and
   std of NDVI, NDWI and NDBI when blue..swir2 are present. Parameter-free, cheap, interpretable.
+* :class:`RandomConvFeatures` — MOSAIKS random convolutional features: whitened patches of the study's own
+  chips as kernels, ReLU of both signs, average pooling (fitted on imagery only).
 * :class:`TimmEncoder` — a timm ViT or ResNet with ``in_chans`` = the chip bands and no classifier head
   (``num_classes=0``), pooled. Chips are standardised with fixed reflectance statistics, invalid pixels set
   to 0 after standardisation, and resized to the model's input size with antialiased bilinear
@@ -15,6 +17,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .errors import EncoderError
 
 LANDSAT_BANDS = ("blue", "green", "red", "nir", "swir1", "swir2")
 INDICES = {"ndvi": ("nir", "red"), "ndwi": ("green", "nir"), "ndbi": ("swir1", "nir")}
@@ -169,3 +173,96 @@ def build_regnet(name: str, in_chans: int, img_size: int = 32, depth: int = 6, w
                            f"depth={depth}, w0={w0}, wa={wa}, wm={wm}", "e.g. depth 6, w0 16, wa 16, wm 2") from None
     cfg = dict(img_size=img_size, depth=depth, w0=w0, wa=wa, wm=wm, group_size=group_size)
     return TimmEncoder(name, "regnet", in_chans, img_size, model, model.num_features, cfg)
+
+
+class RandomConvFeatures(Encoder):
+    """Random convolutional features (MOSAIKS; Rolf et al., *A generalizable and accessible approach to machine
+    learning with global satellite imagery*, Nature Communications 2021).
+
+    ``n_features / 2`` kernels are ``patch_size`` x ``patch_size`` patches (all bands) sampled at random from
+    the study's own chips (:meth:`fit_patches`, imagery only, never outcomes) and ZCA-whitened with statistics
+    of a larger patch sample. A chip's feature k is the spatial mean of ReLU(z_k - bias) and of ReLU(-z_k - bias),
+    where z_k is the convolution of the whitened chip with kernel k: both signs, as in MOSAIKS. Whitening
+    is folded into the kernels: for ZCA matrix A (symmetric) and patch mean mu,
+    <A(x - mu), A(p - mu)> = x . (A A (p - mu)) - mu . (A A (p - mu)), one convolution and one offset per
+    kernel. Invalid (NaN) pixels are replaced by the band means of the sample before convolving.
+    Deterministic for a seed and a chip sample.
+    """
+
+    family = "rcf"
+
+    def __init__(self, name: str = "rcf", in_chans: int = 6, n_features: int = 256, patch_size: int = 3,
+                 bias: float = 1.0, whiten_eps: float = 1e-2, whiten_patches: int = 20000):
+        super().__init__(name, in_chans)
+        if n_features < 2 or n_features % 2:
+            raise EncoderError(f"encoder {name!r}: n_features", "an even number >= 2 (two signs per kernel)",
+                               str(n_features), "e.g. 256")
+        if patch_size < 1:
+            raise EncoderError(f"encoder {name!r}: patch_size", "at least 1 pixel", str(patch_size), "e.g. 3")
+        self.n_features, self.patch_size, self.bias = int(n_features), int(patch_size), float(bias)
+        self.whiten_eps, self.whiten_patches = float(whiten_eps), int(whiten_patches)
+        self.embed_dim = self.n_features
+        k = self.n_features // 2
+        self.register_buffer("weight", torch.zeros(k, in_chans, patch_size, patch_size))
+        self.register_buffer("offset", torch.zeros(k))
+        self.register_buffer("band_fill", torch.zeros(in_chans))
+        self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
+
+    def config(self) -> dict[str, Any]:
+        return {"n_features": self.n_features, "patch_size": self.patch_size, "bias": self.bias,
+                "whiten_eps": self.whiten_eps, "whiten_patches": self.whiten_patches}
+
+    def feature_names(self) -> list[str]:
+        k = self.n_features // 2
+        return [f"rcf{i}_pos" for i in range(k)] + [f"rcf{i}_neg" for i in range(k)]
+
+    def fit_patches(self, chips, seed: int = 0) -> "RandomConvFeatures":
+        """Sample the kernels and the whitening from ``chips`` (an array N x C x H x W, or a list of them with
+        different sizes, e.g. one per scale; NaN invalid): only patches without invalid pixels are used.
+
+        Raises:
+            EncoderError: when the chips are smaller than a patch or hold too few valid patches.
+        """
+        import numpy as np
+
+        arrays = [np.asarray(a, dtype=np.float32) for a in (chips if isinstance(chips, (list, tuple)) else [chips])]
+        p, c = self.patch_size, self.in_chans
+        for arr in arrays:
+            if arr.ndim != 4 or arr.shape[1] != c or arr.shape[2] < p or arr.shape[3] < p:
+                raise EncoderError(f"encoder {self.name!r}", f"chips of {c} bands, at least {p} x {p} px",
+                                   f"shape {arr.shape}", "use a smaller patch_size or larger chips")
+        k = self.n_features // 2
+        rng = np.random.default_rng(seed)
+        want = max(self.whiten_patches, 4 * k)
+        which = rng.integers(0, len(arrays), 4 * want)  # each array (scale) equally likely
+        draws = []
+        for a, arr in enumerate(arrays):
+            m = int((which == a).sum())
+            n, _, h, w = arr.shape
+            idx, ys, xs = rng.integers(0, n, m), rng.integers(0, h - p + 1, m), rng.integers(0, w - p + 1, m)
+            draws += [arr[i, :, y:y + p, x:x + p].reshape(-1) for i, y, x in zip(idx, ys, xs)]
+        patches = np.stack(draws)[rng.permutation(len(draws))]
+        patches = patches[np.isfinite(patches).all(axis=1)].astype(np.float64)
+        if len(patches) < 2 * k:
+            raise EncoderError(f"encoder {self.name!r}", f"at least {2 * k} fully valid {p} x {p} patches",
+                               f"{len(patches)} in {4 * want} draws", "tile scenes with fewer invalid pixels")
+        white, kernels = patches[:want], patches[-k:]  # kernels drawn apart from the whitening sample
+        mu = white.mean(axis=0)
+        cov = np.cov(white - mu, rowvar=False)
+        s, u = np.linalg.eigh(cov)
+        zca = (u / np.sqrt(np.maximum(s, 0) + self.whiten_eps)) @ u.T
+        eff = (kernels - mu) @ zca @ zca  # A A (p - mu), A symmetric
+        self.weight.copy_(torch.from_numpy(eff.reshape(k, c, p, p)).float())
+        self.offset.copy_(torch.from_numpy(eff @ mu).float())
+        self.band_fill.copy_(torch.from_numpy(mu.reshape(c, p, p).mean(axis=(1, 2))).float())
+        self.fitted.fill_(True)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.fitted):
+            raise EncoderError(f"encoder {self.name!r}", "kernels sampled from the study's chips (fit_patches)",
+                               "an unfitted encoder", "call fit_patches(chips) first (the embed stage does)")
+        x = x.float()
+        x = torch.where(torch.isfinite(x), x, self.band_fill.view(1, -1, 1, 1).to(x.dtype))
+        z = F.conv2d(x, self.weight) - self.offset.view(1, -1, 1, 1)
+        return torch.cat([F.relu(z - self.bias).mean(dim=(2, 3)), F.relu(-z - self.bias).mean(dim=(2, 3))], dim=1)

@@ -1,7 +1,8 @@
 """Encoder registry: families (code) and named presets (``configs/encoders/*.yaml``).
 
 ``create_encoder(name, in_chans=..., seed=..., weights=..., **overrides)`` builds a family by its name
-(``spectral``, ``vit``, ``resnet``) or a preset by its file name (``vit_tiny``), with keyword overrides.
+(``spectral``, ``vit``, ``resnet``, ``regnet``, ``rcf``) or a preset by its file name (``vit_tiny``), with
+keyword overrides.
 Unknown names fail listing close matches.
 """
 
@@ -17,7 +18,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from .encoders import Encoder, SpectralStats, build_regnet, build_resnet, build_vit
+from .encoders import Encoder, RandomConvFeatures, SpectralStats, build_regnet, build_resnet, build_vit
 from .errors import EncoderError
 from .weights import load_weights
 
@@ -26,6 +27,7 @@ FAMILIES: dict[str, Callable[..., Encoder]] = {
     "vit": build_vit,
     "resnet": build_resnet,
     "regnet": build_regnet,
+    "rcf": lambda name, in_chans, **kw: RandomConvFeatures(name=name, in_chans=in_chans, **kw),
 }
 
 

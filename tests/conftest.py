@@ -21,7 +21,7 @@ TINY_PARAMS = {
         {"name": "s240m", "size_m": 240.0, "px": 8},
         {"name": "s1920m", "size_m": 1920.0, "px": 16},
     ]},
-    "embed": {"encoders": ["spectral", "vit_tiny"], "batch_size": 16, "device": "cpu"},
+    "embed": {"encoders": ["spectral", "vit_tiny", "rcf"], "batch_size": 16, "device": "cpu"},
     "features": {"encoders": ["spectral"], "scale_sets": ["singles", "all"], "covariates": True},
     "cate": {"folds": 3, "n_estimators": 24, "min_samples_leaf": 5, "max_samples": 0.45, "nuisance_trees": 20,
              "propensity": 0.5, "dr_reference": "all", "n_jobs": 1},

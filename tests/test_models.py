@@ -172,3 +172,70 @@ def test_direct_chunk_decoding_equals_zarr_reads(tmp_path):
     plain = group.create_array("p", shape=chips.shape, chunks=(16, 3, 8, 8), dtype="float32", compressors=None)
     assert ChipBatches(plain, 16).direct is None and ChipBatches(chips, 16).direct is None
     np.testing.assert_array_equal(torch.cat(list(iter_blocks(z, 32, read_threads=2))).numpy(), expected)
+
+
+# --- random convolutional features (MOSAIKS) ---------------------------------------------------------------
+
+def _rcf(seed=3, **kw):
+    from models import create_encoder
+
+    rng = np.random.default_rng(0)
+    chips = rng.gamma(2.0, 0.05, size=(120, 3, 12, 12)).astype(np.float32)
+    enc = create_encoder("rcf", in_chans=3, seed=0, n_features=16, **kw).fit_patches(chips, seed=seed)
+    return enc, chips
+
+
+def test_rcf_is_deterministic_for_a_seed():
+    a, chips = _rcf(seed=3)
+    b, _ = _rcf(seed=3)
+    c, _ = _rcf(seed=4)
+    x = torch.from_numpy(chips[:10])
+    assert torch.equal(a(x), b(x)) and not torch.equal(a(x), c(x))
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
+
+
+def test_rcf_equals_explicit_whitened_patch_products():
+    """Brute force: feature k = mean over positions of ReLU(<A(x - mu), A(p_k - mu)> - bias) (and of the
+    negative), with A the ZCA matrix of the patch sample, computed patch by patch."""
+    enc, chips = _rcf(patch_size=2)
+    x = chips[:2].astype(np.float64)
+    w = enc.weight.double().numpy().reshape(enc.n_features // 2, -1)  # A A (p_k - mu)
+    off = enc.offset.double().numpy()
+    pos, neg = np.zeros((2, len(off))), np.zeros((2, len(off)))
+    cells = [(i, j) for i in range(11) for j in range(11)]
+    for n in range(2):
+        for i, j in cells:
+            z = w @ x[n, :, i:i + 2, j:j + 2].reshape(-1) - off
+            pos[n] += np.maximum(z - enc.bias, 0) / len(cells)
+            neg[n] += np.maximum(-z - enc.bias, 0) / len(cells)
+    got = enc(torch.from_numpy(chips[:2])).double().numpy()
+    np.testing.assert_allclose(got, np.hstack([pos, neg]), rtol=1e-4, atol=1e-5)
+
+
+def test_rcf_sees_orientation_that_spectral_statistics_cannot():
+    """Horizontal against vertical stripes of the same two reflectances: identical spectral statistics,
+    different random-convolution features."""
+    from models import create_encoder
+
+    stripes = np.where((np.arange(16) // 2) % 2 == 0, 0.05, 0.3).astype(np.float32)
+    horizontal = np.broadcast_to(stripes[:, None], (16, 16))
+    chips = np.stack([np.stack([horizontal] * 3), np.stack([horizontal.T] * 3)])
+    spectral = create_encoder("spectral", in_chans=3)(torch.from_numpy(chips))
+    assert torch.allclose(spectral[0], spectral[1])
+    rng = np.random.default_rng(1)
+    sample = np.concatenate([chips, rng.uniform(0, 0.4, (60, 3, 16, 16)).astype(np.float32)])
+    rcf = create_encoder("rcf", in_chans=3, n_features=64).fit_patches(sample, seed=0)(torch.from_numpy(chips))
+    assert (rcf[0] - rcf[1]).abs().max() > 0.05
+
+
+def test_rcf_refuses_use_before_fitting_and_odd_sizes():
+    from models import EncoderError, create_encoder
+
+    with pytest.raises(EncoderError):
+        create_encoder("rcf", in_chans=3, n_features=15)
+    enc = create_encoder("rcf", in_chans=3, n_features=8)
+    with pytest.raises(EncoderError) as exc:
+        enc(torch.zeros(1, 3, 8, 8))
+    assert "fit_patches" in exc.value.fix
+    with pytest.raises(EncoderError):
+        enc.fit_patches(np.zeros((4, 3, 2, 2), np.float32))  # chips smaller than a patch

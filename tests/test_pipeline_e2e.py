@@ -58,6 +58,8 @@ def test_all_stages_run_and_write_metrics(tiny_study, tiny_params):
                                                                      .geometry.to_crs(4326)).all()
     card = json.loads((out / "embed" / "vit_tiny" / "card.json").read_text())
     assert card["family"] == "vit" and card["params"] > 0
+    rcf = json.loads((out / "embed" / "rcf" / "card.json").read_text())  # kernels fitted on the study's chips
+    assert rcf["family"] == "rcf" and rcf["embed_dim"] == 256 and rcf["config"]["patch_size"] == 3
 
 
 def test_rerun_is_identical(tiny_study):

@@ -18,13 +18,34 @@ from ..imagery.tiling import read_chip_store
 
 
 def _embed_rows(tile_dir: str, scale: str, name: str, in_chans: int, seed: int, start: int, stop: int,
-                batch_size: int, device: str) -> np.ndarray:
-    """Embed rows [start, stop) of one scale of a chip store: the unit of work of a Dask task."""
+                batch_size: int, device: str, state: dict | None = None) -> np.ndarray:
+    """Embed rows [start, stop) of one scale of a chip store: the unit of work of a Dask task (``state``: the
+    encoder's fitted buffers, for encoders fitted on the chips)."""
     import zarr
 
     chips = zarr.open_group(str(ChipStorePaths(Path(tile_dir)).chips), mode="r")[scale]
     enc = create_encoder(name, in_chans=in_chans, seed=seed)
+    if state is not None:
+        enc.load_state_dict(state)
     return embed_chips(enc, chips[start:stop], batch_size, device)
+
+
+FIT_SAMPLE = 2048  # chips per scale from which an encoder fitted on imagery (random features) draws its patches
+
+
+def fit_on_chips(enc, chips: dict, seed: int):
+    """Fit an encoder that learns from imagery alone (``fit_patches``: MOSAIKS kernels) on a seeded sample
+    of up to :data:`FIT_SAMPLE` chips of every scale (one set of kernels for all scales); other encoders pass
+    through. Outcomes are never read, so the features stay honest on every unit."""
+    if not hasattr(enc, "fit_patches"):
+        return enc
+    rng = np.random.default_rng(seed)
+    sample = []
+    for scale in sorted(chips):
+        arr = chips[scale]
+        rows = np.sort(rng.choice(arr.shape[0], min(FIT_SAMPLE, arr.shape[0]), replace=False))
+        sample.append(np.asarray(arr.oindex[rows] if hasattr(arr, "oindex") else np.asarray(arr)[rows]))
+    return enc.fit_patches(sample, seed=seed)
 
 
 def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.PathLike,
@@ -42,12 +63,13 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
     result = {}
     bands = next(iter(chips.values())).shape[1]
     for name in cfg.encoders:
-        enc = create_encoder(name, in_chans=bands, seed=seed)
+        enc = fit_on_chips(create_encoder(name, in_chans=bands, seed=seed), chips, seed)
+        state = enc.state_dict() if hasattr(enc, "fit_patches") else None
         for scale, arr in chips.items():
             if client is not None:
                 step = cfg.batch_size * max(1, 1024 // cfg.batch_size)
                 parts = [(str(tile_dir), scale, name, bands, seed, s, min(s + step, arr.shape[0]), cfg.batch_size,
-                          cfg.device) for s in range(0, arr.shape[0], step)]
+                          cfg.device, state) for s in range(0, arr.shape[0], step)]
                 emb = np.concatenate(run_ordered(client, _embed_rows, parts), axis=0)
             else:
                 emb = embed_chips(enc, arr, cfg.batch_size, cfg.device, num_workers=cfg.num_workers,
