@@ -4,7 +4,7 @@ the same number of trees, on the same data; the pipeline's full K-fold cross-fit
 grow with n; and the default study's cate and evaluate stage times. Wall and CPU seconds.
 
     python benchmarks/forest.py [--n 10000] [--p 20] [--trees 2000] [--folds 5]
-    python benchmarks/forest.py --n 10000,30000,100000 --skip-crossfit      # the growth table
+    python benchmarks/forest.py --n 10000,30000,100000 --skip-crossfit --skip-defaults   # the growth table
     python benchmarks/forest.py --stages-only [--study-out out --params params.yaml]   # after dvc repro
 
 With several n, econml's defaults run at the first n only. Peak memory is the resident memory of this
@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--trees", type=int, default=2000)
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--skip-crossfit", action="store_true")
+    ap.add_argument("--skip-defaults", action="store_true", help="do not time econml's defaults")
     ap.add_argument("--crossfit-only", action="store_true", help="time only the pipeline's K-fold cross-fit")
     ap.add_argument("--stages-only", action="store_true", help="time only a study's cate and evaluate stages")
     ap.add_argument("--study-out", type=Path, default=Path("out"))
@@ -153,7 +154,7 @@ def main() -> None:
         for i, n in enumerate(ns):
             print(f"n={n} p={p} trees={args.trees}", flush=True)
             if not args.crossfit_only:
-                single_fits(n, p, args, with_defaults=i == 0)
+                single_fits(n, p, args, with_defaults=i == 0 and not args.skip_defaults)
             if not args.skip_crossfit:
                 crossfit(n, p, args)
 
