@@ -24,6 +24,7 @@ from .errors import ConfigError
 
 # Choice lists: the one home of every enumerated value (validation, docs and templates read them).
 RESAMPLING_METHODS = ("average", "nearest")
+SIMULATION_DESIGNS = ("shares", "texture")
 RADIOMETRY_MODES = ("auto", "none", "l2")
 ON_OUTSIDE = ("error", "drop")
 LEARNERS = ("causal_forest", "dr_forest")
@@ -54,6 +55,9 @@ def opt(default: Any = dataclasses.MISSING, doc: str = "", *, factory: Any = dat
 class SimulateConfig:
     """Synthetic Landsat-like scene and cluster-randomized trial with a known CATE."""
 
+    design: str = opt("shares", "shares: the effect follows built-up and water shares; texture: it follows the "
+                      "arrangement of built-up pixels and the orientation of field strips, at equal shares",
+                      choices=SIMULATION_DESIGNS)
     scene_px: int = opt(1024, "scene side in pixels (1024 px at 30 m = 30.7 km)")
     pixel_m: float = opt(30.0, "pixel size in metres")
     epsg: int = opt(32636, "projected CRS of the scene (UTM zone 36N)")

@@ -87,6 +87,50 @@ def _draw_line(mask: np.ndarray, r0: int, c0: int, r1: int, c1: int) -> None:
     mask[rr, cc] = True
 
 
+STRIPE_PERIOD_M = 480.0  # field strips of the texture design: 240 m of crop, 240 m of bare soil
+
+
+def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
+                       res: float, water: np.ndarray, fine_half: int, coarse_half: int):
+    """The texture design's land cover, at equal shares: around every village the same number of built-up
+    pixels inside a disc of the same radius, arranged from one compact block (``f_fine`` = 1) to scattered
+    pixels (0); and straight field strips of equal crop/soil share whose orientation theta is constant within
+    farming regions (Voronoi cells about 6 km across), ``f_coarse`` = cos(2 theta) averaged over the coarse
+    window (1 and -1: the two perpendicular orientations).
+    Per-band histograms of a window, and so spectral statistics, do not change with either modifier.
+    Returns (built mask, crop mask, f_fine, f_coarse)."""
+    size = shape[0]
+    yy, xx = np.mgrid[0:size, 0:size]
+    # orientation constant within farming regions (Voronoi cells about 6 km across), straight strips inside
+    n_cells = max(2, int(round((size * res / 6000.0) ** 2)))
+    centres = rng.uniform(0, size, (n_cells, 2))
+    cell = np.argmin((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, axis=-1)
+    theta = rng.uniform(0.0, np.pi, n_cells)[cell]
+    # strips: crop where the coordinate across the strips falls in the first half of a period
+    across = (xx * np.sin(theta) + yy * np.cos(theta)) * res
+    crop = (np.mod(across, STRIPE_PERIOD_M) < STRIPE_PERIOD_M / 2) & ~water
+    built = np.zeros(shape, dtype=bool)
+    radius = 100.0 / res
+    n_built = int(round(0.3 * np.pi * radius ** 2))
+    f_fine = rng.uniform(0.0, 1.0, len(rows))
+    k = int(np.ceil(radius)) + 1
+    for r, c, compact in zip(rows, cols, f_fine):
+        r0, r1, c0, c1 = max(r - k, 0), min(r + k + 1, size), max(c - k, 0), min(c + k + 1, size)
+        dist = np.hypot(yy[r0:r1, c0:c1] - r, xx[r0:r1, c0:c1] - c)
+        inside = np.flatnonzero(dist.ravel() <= radius)
+        n_compact = int(round(compact * n_built))
+        order = inside[np.argsort(dist.ravel()[inside], kind="stable")]
+        chosen = list(order[:n_compact])  # the compact part: the pixels nearest the centre
+        rest = np.setdiff1d(inside, chosen)
+        chosen += list(rng.choice(rest, n_built - n_compact, replace=False))  # the scattered part
+        block = np.zeros(dist.size, dtype=bool)
+        block[np.asarray(chosen, dtype=int)] = True
+        built[r0:r1, c0:c1] |= block.reshape(dist.shape)
+    built &= ~water
+    f_coarse = _window_mean(np.cos(2 * theta), rows, cols, coarse_half)
+    return built, crop, f_fine, f_coarse
+
+
 def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
     """Generate the scene and the trial. Deterministic for a given ``cfg`` and ``seed``."""
     rng = np.random.default_rng(seed)
@@ -120,6 +164,9 @@ def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
         cols.append(int(c))
     rows = np.array(rows)
     cols = np.array(cols)
+
+    if cfg.design == "texture":
+        return _texture_study(cfg, seed, rng, rows, cols, veg_frac, water)
 
     # Fine-scale structure: settlements of random radius and density, distractors, roads.
     built = np.zeros(shape, dtype=bool)
@@ -165,7 +212,36 @@ def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
         return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
 
     tau_loc = cfg.tau_base + cfg.tau_fine * z(f_fine) + cfg.tau_coarse * z(f_coarse)
+    return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse)
 
+
+def _z(a: np.ndarray) -> np.ndarray:
+    sd = a.std()
+    return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
+
+
+def _texture_study(cfg: SimulateConfig, seed: int, rng, rows, cols, veg_frac, water) -> SimulatedStudy:
+    """The texture design (:func:`_texture_landscape`): crop strips and bare soil at equal shares, villages of
+    equal built-up share, water as in the shares design; the CATE follows arrangement and orientation."""
+    res = cfg.pixel_m
+    shape = (cfg.scene_px, cfg.scene_px)
+    built, crop, f_fine, f_coarse = _texture_landscape(rng, rows, cols, shape, res, water,
+                                                       int(round(cfg.fine_window_m / res / 2)),
+                                                       int(round(cfg.coarse_window_m / res / 2)))
+    refl = np.where(crop[None], SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None])
+    for mask, name in ((built, "built"), (water, "water")):
+        refl[:, mask] = SPECTRA[name][:, None]
+    refl = np.clip(refl + rng.normal(0.0, 0.008, size=refl.shape), 0.0, 1.0).astype(np.float32)
+    veg_loc = _window_mean(veg_frac, rows, cols, int(round(cfg.coarse_window_m / res / 2)))
+    tau_loc = cfg.tau_base + cfg.tau_fine * _z(f_fine) + cfg.tau_coarse * _z(f_coarse)
+    return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse)
+
+
+def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse) -> SimulatedStudy:
+    """Units, cluster (village) randomization, pre-treatment covariates and outcomes around the villages."""
+    z = _z
+    res = cfg.pixel_m
+    size = cfg.scene_px
     # Trial: units per village, cluster (village) randomization, pre-treatment covariates.
     n_loc = len(rows)
     n_per = rng.integers(cfg.units_min, cfg.units_max + 1, size=n_loc)
