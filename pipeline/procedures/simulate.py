@@ -94,9 +94,9 @@ def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndar
                        res: float, water: np.ndarray, fine_half: int, coarse_half: int):
     """The texture design's land cover, at equal shares: around every village the same number of built-up
     pixels inside a disc of the same radius, arranged from one compact block (``f_fine`` = 1) to scattered
-    pixels (0); and straight field strips of equal crop/soil share whose orientation theta is constant within
-    farming regions (Voronoi cells about 6 km across), ``f_coarse`` = cos(2 theta) averaged over the coarse
-    window (1 and -1: the two perpendicular orientations).
+    pixels (0); and straight field strips of equal crop/soil share, east-west or north-south (theta 0 or 90
+    degrees, so strips always cover whole pixels) within farming regions (Voronoi cells about 6 km across),
+    ``f_coarse`` = cos(2 theta) averaged over the coarse window (1: all east-west, -1: all north-south).
     Per-band histograms of a window, and so spectral statistics, do not change with either modifier.
     Returns (built mask, crop mask, f_fine, f_coarse)."""
     size = shape[0]
@@ -105,7 +105,7 @@ def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndar
     n_cells = max(2, int(round((size * res / 6000.0) ** 2)))
     centres = rng.uniform(0, size, (n_cells, 2))
     cell = np.argmin((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, axis=-1)
-    theta = rng.uniform(0.0, np.pi, n_cells)[cell]
+    theta = (np.pi / 2) * rng.integers(0, 2, n_cells)[cell]  # east-west or north-south: always whole pixels
     # strips: crop where the coordinate across the strips falls in the first half of a period
     across = (xx * np.sin(theta) + yy * np.cos(theta)) * res
     crop = (np.mod(across, STRIPE_PERIOD_M) < STRIPE_PERIOD_M / 2) & ~water
@@ -234,10 +234,14 @@ def _texture_study(cfg: SimulateConfig, seed: int, rng, rows, cols, veg_frac, wa
     refl = np.clip(refl + rng.normal(0.0, 0.008, size=refl.shape), 0.0, 1.0).astype(np.float32)
     veg_loc = _window_mean(veg_frac, rows, cols, int(round(cfg.coarse_window_m / res / 2)))
     tau_loc = cfg.tau_base + cfg.tau_fine * _z(f_fine) + cfg.tau_coarse * _z(f_coarse)
-    return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse)
+    # villages at pixel corners: every window (240 m = 8 px, 960 m = 32 px, 3.84 km = 128 px) covers whole
+    # native pixels, so resampling never mixes a built-up pixel with its neighbours (which would let per-band
+    # statistics see the arrangement through the mixed values)
+    return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse, centre=0.0)
 
 
-def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse) -> SimulatedStudy:
+def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse,
+           centre: float = 0.5) -> SimulatedStudy:
     """Units, cluster (village) randomization, pre-treatment covariates and outcomes around the villages."""
     z = _z
     res = cfg.pixel_m
@@ -261,8 +265,8 @@ def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine,
     y = y0 + w * tau
 
     transform = from_origin(cfg.origin_x, cfg.origin_y + size * res, res, res)
-    xs = cfg.origin_x + (cols + 0.5) * res
-    ys = cfg.origin_y + size * res - (rows + 0.5) * res
+    xs = cfg.origin_x + (cols + centre) * res
+    ys = cfg.origin_y + size * res - (rows + centre) * res
     lon, lat = Transformer.from_crs(cfg.epsg, 4326, always_xy=True).transform(xs, ys)
     location_ids = np.array([f"v{i:04d}" for i in range(n_loc)])
     unit_ids = np.array([f"u{i:05d}" for i in range(n)])
