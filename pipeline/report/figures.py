@@ -171,8 +171,9 @@ def _stretch(rgb):
 
 def plot_cate_map_over_scenes(cate, scenes, path: str | os.PathLike, set_name: str, max_px: int = 900) -> bool:
     """Locations coloured by their mean CATE over the imagery (a decimated true-colour view of the scenes in
-    the first scene's CRS). ``scenes``: rows with ``path``, ``crs`` and ``bands``. Returns False (nothing
-    written) when no scene can be drawn."""
+    the first scene's CRS; up to four scenes). ``scenes``: rows with ``path``, ``crs`` and ``bands``. Returns
+    False (nothing written) when no scene can be drawn or the drawn scenes hold fewer than 80 % of the
+    locations."""
     import numpy as np
     import rasterio
     from pyproj import Transformer
@@ -185,6 +186,13 @@ def plot_cate_map_over_scenes(cate, scenes, path: str | os.PathLike, set_name: s
                                        y=("geometry", lambda s: s.iloc[0].y))
     xs, ys = Transformer.from_crs(4326, usable[0]["crs"], always_xy=True).transform(loc["x"].to_numpy(),
                                                                                       loc["y"].to_numpy())
+    inside = np.zeros(len(loc), dtype=bool)
+    for s in usable:
+        with rasterio.open(s["path"]) as ds:
+            b = ds.bounds
+        inside |= (xs >= b.left) & (xs <= b.right) & (ys >= b.bottom) & (ys <= b.top)
+    if inside.mean() < 0.8:  # many small scenes (chips around each village): a background would mislead
+        return False
     fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
     for s in usable:
         with rasterio.open(s["path"]) as ds:
