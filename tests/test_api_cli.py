@@ -207,6 +207,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     import hashlib
     units_sha = hashlib.sha256((tmp_path / "s" / "out" / "prepare" / "units.parquet").read_bytes()).hexdigest()
     assert units_sha in dom and "econml " in dom
+    assert "<summary>params.yaml</summary>" in dom and "n_estimators: 24" in dom  # the params it ran with
     shot = tmp_path / "shot.png"
     subprocess.run([CHROMIUM, *flags, f"--screenshot={shot}", "--window-size=1100,7000", html.as_uri()],
                    capture_output=True, timeout=120)

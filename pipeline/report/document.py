@@ -137,6 +137,10 @@ def _study_sections(out) -> tuple[list[str], list[str]]:
         parts[:0] = ["<h2>Warnings</h2>", _table(("stage", "warning"), warn_rows, "warnings")]
         md[:0] = ["## Warnings", _md_table(("stage", "warning"), warn_rows)]
     parts += ["<h2>Provenance</h2>", _table(("", ""), prov_rows, "provenance")]
+    params = layout.out.parent / "params.yaml"
+    if params.is_file():  # the params the study ran with (checked against the results by write_report)
+        parts.append("<details><summary>params.yaml</summary><pre>" + html.escape(params.read_text())
+                     + "</pre></details>")
     md += ["## Provenance", _md_table(("", ""), prov_rows)]
     return parts, md
 
