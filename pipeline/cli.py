@@ -164,7 +164,7 @@ def cmd_init(args) -> None:
             log.warning("mscate init: git not found: the study has no git repository, so DVC experiments "
                         "(dvc exp run, params/metrics diff) are unavailable; install git and run `git init` there")
     else:  # a study inside an existing DVC repository: its plots need the project's templates there
-        top = next(p for p in [folder.resolve(), *folder.resolve().parents] if (p / ".dvc").is_dir())
+        top = _dvc_root(folder.resolve())
         if not all((top / ".dvc" / "plots" / f"{name}.json").is_file() for name in plot_templates()):
             write_plot_templates(top / ".dvc")
     if made_git:
@@ -201,7 +201,9 @@ def _git_toplevel(folder: Path) -> str | None:
     """The root of the git repository holding ``folder`` (or its nearest existing parent), or None."""
     probe = next((p for p in [folder, *folder.parents] if p.is_dir()), Path.cwd())
     res = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=probe, capture_output=True, text=True)
-    return res.stdout.strip() or None if res.returncode == 0 else None
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip() or None
 
 
 def _first_commit(folder: Path) -> None:
@@ -272,8 +274,13 @@ def _dvc_init(folder: Path, scm: bool = False, subdir: bool = False) -> None:
         log.setLevel(saved[1])
 
 
+def _dvc_root(path: Path) -> Path | None:
+    """The DVC repository holding ``path`` (the nearest folder with ``.dvc/``), or None."""
+    return next((p for p in [path, *path.parents] if (p / ".dvc").is_dir()), None)
+
+
 def _inside_dvc_repo(path: Path) -> bool:
-    return any((p / ".dvc").is_dir() for p in [path, *path.parents])
+    return _dvc_root(path) is not None
 
 
 def _split(s: str | None) -> list[str]:

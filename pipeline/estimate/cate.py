@@ -610,11 +610,7 @@ class CausalForestCATE(BaseEstimator):
             with _quiet_econml():
                 lo, hi = self.econml_.effect_interval(X, alpha=alpha)
             return np.asarray(lo).reshape(-1), np.asarray(hi).reshape(-1)
-        from scipy.stats import norm
-
-        point, var = self.final_.predict(X)
-        half = float(norm.ppf(1 - alpha / 2)) * np.sqrt(np.maximum(var, 0.0))
-        return point - half, point + half
+        return self.effect_inference(X, alpha)[1:]
 
     def feature_importances(self, X=None) -> np.ndarray | None:
         """Importances of the features for the CATE (the final forest's; with a linear index mixed in by

@@ -64,17 +64,24 @@ def location_rows(location_ids, store: ChipStorePaths, source: str) -> np.ndarra
     return idx.astype(np.int64)
 
 
+def store_scales(store: ChipStorePaths) -> tuple[list[str], dict[str, list[str]], set[str]]:
+    """A chip store's scales (jittered copies ``<scale>@j<i>`` set apart: they join their scale by
+    ``features.jitter``), each scale's copies, and the locations the tile stage dropped."""
+    manifest = pd.read_parquet(require(store.manifest, "the chip store's manifest"))
+    all_scales = list(dict.fromkeys(manifest["scale"]))
+    scales = [s for s in all_scales if "@j" not in s]
+    copies = {s: [c for c in all_scales if c.startswith(f"{s}@j")] for s in scales}
+    dropped = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
+    return scales, copies, dropped
+
+
 def build_features(units_path: str | os.PathLike, tile_dir: str | os.PathLike, embed_dir: str | os.PathLike,
                    cfg, out_dir: str | os.PathLike) -> dict[str, tuple[str, ...]]:
     """Write one unit-level feature matrix per scale set and the index (unit ids, the scales and column
     names of every set, dropped units, reductions). ``cfg`` is a ``FeaturesConfig``."""
     units = read_units(units_path)
     store, embed, paths = ChipStorePaths(Path(tile_dir)), EmbeddingPaths(Path(embed_dir)), FeaturePaths(Path(out_dir))
-    manifest = pd.read_parquet(require(store.manifest, "the chip store's manifest"))
-    all_scales = list(dict.fromkeys(manifest["scale"]))
-    scales = [s for s in all_scales if "@j" not in s]  # jittered copies join their scale (features.jitter)
-    copies = {s: [c for c in all_scales if c.startswith(f"{s}@j")] for s in scales}
-    dropped_locs = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
+    scales, copies, dropped_locs = store_scales(store)
     keep = ~units["location_id"].astype(str).isin(dropped_locs)
     n_dropped = int((~keep).sum())
     if n_dropped:
@@ -109,11 +116,7 @@ def unit_features_by_scale(units_path: str | os.PathLike, tile_dir: str | os.Pat
     """
     units = read_units(units_path)
     store = ChipStorePaths(Path(tile_dir))
-    manifest = pd.read_parquet(require(store.manifest, "the chip store's manifest"))
-    all_scales = list(dict.fromkeys(manifest["scale"]))
-    scales = [s for s in all_scales if "@j" not in s]
-    copies = {s: [c for c in all_scales if c.startswith(f"{s}@j")] for s in scales}
-    dropped = set(manifest.loc[manifest.get("dropped", False) == True, "location_id"].astype(str))  # noqa: E712
+    scales, copies, dropped = store_scales(store)
     units = units[~units["location_id"].astype(str).isin(dropped)].reset_index(drop=True)
     rows = location_rows(units["location_id"], store, str(units_path))
     embeddings, names, _ = location_embeddings(EmbeddingPaths(Path(embed_dir)), [encoder], scales, copies, cfg)

@@ -91,7 +91,7 @@ STRIPE_PERIOD_M = 480.0  # field strips of the texture design: 240 m of crop, 24
 
 
 def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int],
-                       res: float, water: np.ndarray, fine_half: int, coarse_half: int):
+                       res: float, water: np.ndarray, coarse_half: int):
     """The texture design's land cover, at equal shares: around every village the same number of built-up
     pixels inside a disc of the same radius, arranged from one compact block (``f_fine`` = 1) to scattered
     pixels (0); and straight field strips of equal crop/soil share, east-west or north-south (theta 0 or 90
@@ -104,7 +104,11 @@ def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndar
     # orientation constant within farming regions (Voronoi cells about 6 km across), straight strips inside
     n_cells = max(2, int(round((size * res / 6000.0) ** 2)))
     centres = rng.uniform(0, size, (n_cells, 2))
-    cell = np.argmin((yy[..., None] - centres[:, 0]) ** 2 + (xx[..., None] - centres[:, 1]) ** 2, axis=-1)
+    cell, best = np.zeros(shape, dtype=np.int64), np.full(shape, np.inf)
+    for i, (cy, cx) in enumerate(centres):  # nearest centre, one cell at a time (no pixels x cells array)
+        d = (yy - cy) ** 2 + (xx - cx) ** 2
+        cell[d < best] = i
+        np.minimum(best, d, out=best)
     theta = (np.pi / 2) * rng.integers(0, 2, n_cells)[cell]  # east-west or north-south: always whole pixels
     # strips: crop where the coordinate across the strips falls in the first half of a period
     across = (xx * np.sin(theta) + yy * np.cos(theta)) * res
@@ -166,7 +170,7 @@ def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
     cols = np.array(cols)
 
     if cfg.design == "texture":
-        return _texture_study(cfg, seed, rng, rows, cols, veg_frac, water)
+        return _texture_study(cfg, rng, rows, cols, veg_frac, water)
 
     # Fine-scale structure: settlements of random radius and density, distractors, roads.
     built = np.zeros(shape, dtype=bool)
@@ -207,11 +211,7 @@ def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
     f_coarse = _window_mean(water, rows, cols, int(round(cfg.coarse_window_m / res / 2)))
     veg_loc = _window_mean(veg_frac, rows, cols, int(round(cfg.coarse_window_m / res / 2)))
 
-    def z(a: np.ndarray) -> np.ndarray:
-        sd = a.std()
-        return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
-
-    tau_loc = cfg.tau_base + cfg.tau_fine * z(f_fine) + cfg.tau_coarse * z(f_coarse)
+    tau_loc = cfg.tau_base + cfg.tau_fine * _z(f_fine) + cfg.tau_coarse * _z(f_coarse)
     return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse)
 
 
@@ -220,13 +220,12 @@ def _z(a: np.ndarray) -> np.ndarray:
     return (a - a.mean()) / sd if sd > 0 else np.zeros_like(a)
 
 
-def _texture_study(cfg: SimulateConfig, seed: int, rng, rows, cols, veg_frac, water) -> SimulatedStudy:
+def _texture_study(cfg: SimulateConfig, rng, rows, cols, veg_frac, water) -> SimulatedStudy:
     """The texture design (:func:`_texture_landscape`): crop strips and bare soil at equal shares, villages of
     equal built-up share, water as in the shares design; the CATE follows arrangement and orientation."""
     res = cfg.pixel_m
     shape = (cfg.scene_px, cfg.scene_px)
     built, crop, f_fine, f_coarse = _texture_landscape(rng, rows, cols, shape, res, water,
-                                                       int(round(cfg.fine_window_m / res / 2)),
                                                        int(round(cfg.coarse_window_m / res / 2)))
     refl = np.where(crop[None], SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None])
     for mask, name in ((built, "built"), (water, "water")):
@@ -243,7 +242,6 @@ def _texture_study(cfg: SimulateConfig, seed: int, rng, rows, cols, veg_frac, wa
 def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse,
            centre: float = 0.5) -> SimulatedStudy:
     """Units, cluster (village) randomization, pre-treatment covariates and outcomes around the villages."""
-    z = _z
     res = cfg.pixel_m
     size = cfg.scene_px
     # Trial: units per village, cluster (village) randomization, pre-treatment covariates.
@@ -259,7 +257,7 @@ def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine,
     x_female = rng.integers(0, 2, n)
     x_hhsize = rng.poisson(4.0, n).astype(float)
     village_effect = rng.normal(0.0, 0.3, n_loc)
-    y0 = (0.3 * x_age + 0.2 * x_female + 0.05 * x_hhsize + 0.5 * z(veg_loc)[loc_of_unit]
+    y0 = (0.3 * x_age + 0.2 * x_female + 0.05 * x_hhsize + 0.5 * _z(veg_loc)[loc_of_unit]
           + village_effect[loc_of_unit] + rng.normal(0.0, cfg.noise_sd, n))
     tau = tau_loc[loc_of_unit]
     y = y0 + w * tau

@@ -186,21 +186,19 @@ def plot_cate_map_over_scenes(cate, scenes, path: str | os.PathLike, set_name: s
                                        y=("geometry", lambda s: s.iloc[0].y))
     xs, ys = Transformer.from_crs(4326, usable[0]["crs"], always_xy=True).transform(loc["x"].to_numpy(),
                                                                                       loc["y"].to_numpy())
-    inside = np.zeros(len(loc), dtype=bool)
-    for s in usable:
-        with rasterio.open(s["path"]) as ds:
-            b = ds.bounds
-        inside |= (xs >= b.left) & (xs <= b.right) & (ys >= b.bottom) & (ys <= b.top)
-    if inside.mean() < 0.8:  # many small scenes (chips around each village): a background would mislead
-        return False
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
-    for s in usable:
+    views, inside = [], np.zeros(len(loc), dtype=bool)
+    for s in usable:  # each scene opened once: its decimated true-colour view and its bounds
         with rasterio.open(s["path"]) as ds:
             step = max(1, int(np.ceil(max(ds.width, ds.height) / max_px)))
             idx = [i + 1 for i in rgb_indices(str(s["bands"]).split(","))]
             img = ds.read(idx, out_shape=(len(idx), ds.height // step, ds.width // step), masked=True)
-            img = np.moveaxis(img.astype(float).filled(np.nan), 0, -1)
-            b = ds.bounds
+            views.append((np.moveaxis(img.astype(float).filled(np.nan), 0, -1), ds.bounds))
+        b = views[-1][1]
+        inside |= (xs >= b.left) & (xs <= b.right) & (ys >= b.bottom) & (ys <= b.top)
+    if inside.mean() < 0.8:  # many small scenes (chips around each village): a background would mislead
+        return False
+    fig, ax = plt.subplots(figsize=(7, 6), dpi=120)
+    for img, b in views:
         ax.imshow(_stretch(img) if img.shape[-1] == 3 else _stretch(img[..., 0]), cmap="gray",
                   extent=(b.left, b.right, b.bottom, b.top), zorder=0)
     sc = ax.scatter(xs, ys, c=loc["tau"], s=18, cmap="viridis", edgecolor="white", lw=0.4, zorder=2)
