@@ -105,6 +105,11 @@ def test_small_cluster_trial_runs_end_to_end(tmp_path, capsys):
     assert mscate(["run", str(tmp_path / "small")]) == 0
     metrics = json.loads((tmp_path / "small" / "out" / "evaluate" / "metrics.json").read_text())
     assert metrics["n_clusters"] == 10 and metrics["n_folds"] == 2
+    # 25 training rows per fold are too few for a forest to split: said in the log and in the report
+    found = json.loads((tmp_path / "small" / "out" / "cate" / "warnings.json").read_text())
+    assert found and all("constant" in w and "training rows" in w for w in found)
+    assert mscate(["report", str(tmp_path / "small")]) == 0
+    assert "CATEs are constant" in (tmp_path / "small" / "report.html").read_text()
 
 
 @needs_scene

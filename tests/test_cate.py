@@ -432,3 +432,20 @@ def test_mtry_is_grfs_default():
 
     assert [mtry_features("grf", p) for p in (1, 20, 25, 26, 111, 10_000)] == [1, 20, 25, 26, 31, 120]
     assert mtry_features("all", 111) == 111 and mtry_features(7, 5) == 5 and mtry_features(7, 50) == 7
+
+
+def test_constant_cates_are_named_with_their_training_rows():
+    """A scale set whose CATEs are constant within predicted folds gets a warning naming the folds and the
+    training rows; varying CATEs and the unpredicted fold 0 of the sequential scheme give none."""
+    from types import SimpleNamespace
+
+    from pipeline.procedures.cate import constant_folds
+
+    folds = np.repeat([0, 1, 2], 10)
+    cfg = SimpleNamespace(min_samples_leaf=5)
+    varying = np.arange(30.0)
+    seq = np.r_[np.full(10, np.nan), np.full(20, 1.5)]
+    msg = constant_folds("all", folds, {"kfold": np.full(30, 2.0), "sequential": seq}, cfg)
+    assert "3 of 3 kfold folds and 2 of 2 sequential folds" in msg and "10-20 training rows" in msg
+    assert constant_folds("all", folds, {"kfold": varying, "sequential": np.r_[np.full(10, np.nan), varying[10:]]},
+                          cfg) == ""

@@ -572,3 +572,20 @@ def test_locations_sharing_a_coordinate_are_tiled_once(tmp_path):
                          [ScaleConfig("s", 240.0, 8)])
     np.testing.assert_array_equal(chips["s"][rows], ref.chips["s"][pick])
     assert pd.Series(rows).groupby(pick).nunique().max() == 1
+
+
+def test_report_map_draws_a_scene_stacked_from_band_files(tmp_path):
+    """A scene stacked from one-band files is recorded with all its band names but the path of its first
+    file: the report's map draws that file in grey instead of asking it for bands it does not have."""
+    import geopandas as gpd
+    import pandas as pd
+
+    from pipeline.report.figures import plot_cate_map_over_scenes
+
+    path = _uniform_raster(tmp_path / "b10.tif", value=0.2, bands=1)
+    lon, lat = _utm_points([501000, 502000], [98000, 99000])
+    cate = gpd.GeoDataFrame({"set": "all", "location_id": ["a", "b"], "tau_hat": [0.1, 0.9]},
+                            geometry=gpd.points_from_xy(lon, lat), crs=4326)
+    scenes = [{"path": str(path), "crs": "EPSG:32636", "bands": "10,20,30,40,50,70"}]
+    assert plot_cate_map_over_scenes(pd.DataFrame(cate), scenes, tmp_path / "map.png", "all")
+    assert (tmp_path / "map.png").stat().st_size > 1000

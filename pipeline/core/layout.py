@@ -120,6 +120,11 @@ class CatePaths:
     def corrections(self) -> Path:
         return self.root / "corrections.json"
 
+    @property
+    def warnings(self) -> Path:
+        """What the cate stage found that a reader must know (read by the study report)."""
+        return self.root / "warnings.json"
+
 
 @dataclass(frozen=True)
 class EvaluatePaths:

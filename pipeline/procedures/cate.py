@@ -14,7 +14,7 @@ import pandas as pd
 from ..core.artifacts import read_npy, require, write_json, write_with
 from ..core.compute import dask_client, run_ordered
 from ..core.config import Config
-from ..core.errors import ConfigError, EstimationError
+from ..core.errors import ConfigError, EstimationError, warn_all
 from ..core.layout import CatePaths, FeaturePaths, StudyLayout
 from ..core.units import read_units
 from ..estimate.cate import (
@@ -94,13 +94,16 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
               None if shared[sch] is None else shared[sch][f], learner)
              for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits]
     done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None))
-    rows, importance, corrections, results = [], {}, {}, {}
+    rows, importance, corrections, results, found = [], {}, {}, {}, []
     for name in sets:
         is_ref = name == cfg.dr_reference
         for sch, (splits, _) in schemes.items():
             fits = [next(done) for _ in splits]
             results[sch] = assemble_folds(folds, [te for _, _, te in splits], fits, is_ref)
         kf, sq = results["kfold"], results["sequential"]
+        flat = constant_folds(name, folds, {sch: results[sch].tau_hat for sch in schemes}, cfg, learner)
+        if flat:
+            found.append(flat)
         rows.append(pd.DataFrame({"set": name, "unit_id": unit_ids, "cluster_id": clusters, "fold": folds,
                                   "tau_hat": kf.tau_hat, "lower": kf.lower, "upper": kf.upper,
                                   "priority_seq": sq.tau_hat}))
@@ -122,12 +125,34 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     # GeoParquet with each unit's point (longitude/latitude): the CATEs open in QGIS or geopandas as a layer
     geometry = units.geometry.to_crs(4326).to_numpy()
     table = gpd.GeoDataFrame(table, geometry=np.tile(geometry, len(rows)), crs=4326)
+    write_json(paths.warnings, warn_all(found))
     write_with(paths.dr, lambda tmp: dr.to_parquet(tmp, index=False))
     write_json(paths.sets, {k: v["scales"] for k, v in sets.items()})
     write_json(paths.importance, importance)
     write_json(paths.corrections, {"linear_correction": cfg.linear_correction, "chosen": corrections})
     write_with(paths.table, lambda tmp: table.to_parquet(tmp, index=False))
     return table
+
+
+def constant_folds(name: str, folds: np.ndarray, tau_by_scheme: dict, cfg, learner=None) -> str:
+    """A warning when a scale set's CATEs are constant within predicted folds (the forests never split, as
+    in a small trial: each honest tree fits on a subsample of a half-sample of the training rows); ""
+    otherwise."""
+    parts, sizes = [], []
+    for scheme, tau in tau_by_scheme.items():
+        predicted = [f for f in np.unique(folds) if np.isfinite(tau[folds == f]).all()]
+        flat = [f for f in predicted if np.ptp(tau[folds == f]) == 0]
+        if flat:
+            parts.append(f"{len(flat)} of {len(predicted)} {scheme} folds")
+            sizes += [int(((folds != f) if scheme == "kfold" else (folds < f)).sum()) for f in flat]
+    if not parts:
+        return ""
+    fix = ("check the learner" if learner is not None else
+           f"the forests had {min(sizes)}-{max(sizes)} training rows there, too few to split (econml needed about "
+           f"50 with cate.min_samples_leaf 5); collect more units, or lower cate.min_samples_leaf (now "
+           f"{cfg.min_samples_leaf})")
+    return (f"scale set {name}: the CATEs are constant within {' and '.join(parts)}, so its RATE is 0 by "
+            f"construction: {fix}")
 
 
 def run(cfg: Config, out: str | os.PathLike, progress: bool = True, learner=None) -> pd.DataFrame:

@@ -223,7 +223,9 @@ def _warnings_and_provenance(layout: StudyLayout, m: dict) -> tuple[list, list]:
 
     ingest = json.loads(layout.ingest_report.read_text()) if layout.ingest_report.is_file() else {}
     tiling = json.loads(layout.tile.report.read_text()) if layout.tile.report.is_file() else {}
-    warn_rows = [("ingest", w) for w in ingest.get("warnings", [])] + [("tile", w) for w in tiling.get("warnings", [])]
+    cate = json.loads(layout.cate.warnings.read_text()) if layout.cate.warnings.is_file() else []
+    warn_rows = ([("ingest", w) for w in ingest.get("warnings", [])] + [("tile", w) for w in tiling.get("warnings", [])]
+                 + [("cate", w) for w in cate])
     versions = []
     for pkg in PACKAGES:
         try:

@@ -190,7 +190,8 @@ def plot_cate_map_over_scenes(cate, scenes, path: str | os.PathLike, set_name: s
     for s in usable:  # each scene opened once: its decimated true-colour view and its bounds
         with rasterio.open(s["path"]) as ds:
             step = max(1, int(np.ceil(max(ds.width, ds.height) / max_px)))
-            idx = [i + 1 for i in rgb_indices(str(s["bands"]).split(","))]
+            # a scene stacked from band files is drawn from its first file (grey) when it lacks the RGB bands
+            idx = [i + 1 for i in rgb_indices(str(s["bands"]).split(",")) if i < ds.count] or [1]
             img = ds.read(idx, out_shape=(len(idx), ds.height // step, ds.width // step), masked=True)
             views.append((np.moveaxis(img.astype(float).filled(np.nan), 0, -1), ds.bounds))
         b = views[-1][1]
