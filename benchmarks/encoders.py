@@ -1,8 +1,12 @@
 """Encoder table of a study that has run (default: the default study, after ``dvc repro``): for each choice
-of ``features.encoders`` (spectral statistics, random convolutional features, both), the features, cate and
-evaluate stages on the study's own chips, folds and params; per scale set the AUTOC RATE Ratio, corr(tau hat,
-tau) where the truth is known, and the paired test of each encoder choice against ``spectral`` on the same
-folds and bootstrap draws (both priorities scored with the spectral run's sequential DR scores).
+of ``features.encoders`` (spectral statistics, random convolutional features, random-init and
+self-supervised ViT/ResNet, each learned one joined with spectral), the features, cate and evaluate stages on
+the study's own chips, folds and params; per scale set the AUTOC RATE Ratio, corr(tau hat, tau) where the
+truth is known, the paired test of each encoder choice against ``spectral`` on the same folds and bootstrap
+draws (both priorities scored with the spectral run's sequential DR scores), and the evaluate stage's paired
+test of all scales against the single scale chosen on earlier folds. Embedding time per encoder is
+measured here; pretraining time is read from the pretrain stage's cards (``<study-out>/pretrain``; when an
+``_ssl`` encoder has no checkpoint there, the pretrain stage runs into a temporary folder, timed).
 
     python benchmarks/encoders.py [--study-out out --params params.yaml] [--choices spectral rcf spectral+rcf]
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import tempfile
 import time
 import warnings
@@ -24,11 +29,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--study-out", type=Path, default=Path("out"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
-    ap.add_argument("--choices", nargs="+", default=["spectral", "rcf", "spectral+rcf"])
+    ap.add_argument("--choices", nargs="+",
+                    default=["spectral", "rcf", "vit_tiny", "resnet_tiny", "vit_tiny_ssl", "resnet_tiny_ssl",
+                             "spectral+rcf", "spectral+vit_tiny_ssl", "spectral+resnet_tiny_ssl"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from pipeline.core.config import load_config
-    from pipeline.core.layout import StudyLayout
+    from pipeline.core.config import SSL_SUFFIX
+    from pipeline.core.layout import PretrainPaths, StudyLayout
+    from pipeline.procedures.tile import study_scenes
     from pipeline.estimate.inference import sequential_rate
     from pipeline.procedures.cate import run_cate
     from pipeline.procedures.embed import embed_study
@@ -45,10 +54,28 @@ def main() -> None:
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         embed_dir = Path(tmp) / "embed"
-        t0 = time.perf_counter()
-        embed_study(layout.tile.root, dataclasses.replace(cfg.embed, encoders=tuple(encoders)), cfg.seed, embed_dir,
-                    progress=False)
-        print(f"embedding ({', '.join(encoders)}): {time.perf_counter() - t0:.1f} s")
+        pretrain_dir = layout.pretrain.root
+        need = sorted({e[: -len(SSL_SUFFIX)] for e in encoders if e.endswith(SSL_SUFFIX)})
+        if need and not all(PretrainPaths(pretrain_dir).weights(b).is_file() for b in need):
+            from pipeline.procedures.pretrain import run as pretrain_run
+
+            pretrain_dir = Path(tmp) / "out" / "pretrain"
+            pcfg = dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, encoders=tuple(need)))
+            t0 = time.perf_counter()
+            pretrain_run(pcfg, Path(tmp) / "out", args.params.resolve().parent,
+                         scene_paths=study_scenes(cfg, args.study_out, args.params.resolve().parent))
+            print(f"pretraining ({', '.join(need)}): {time.perf_counter() - t0:.1f} s")
+        for b in need:
+            card = json.loads(PretrainPaths(pretrain_dir).card(b).read_text())
+            t = card["training"]
+            print(f"pretraining {b}: {t['steps']} steps x {t['batch_size']} chips, {t['seconds']:.1f} s on "
+                  f"{t['device']} ({t['precision']}), loss {card['loss']['first10_mean']:.2f} -> "
+                  f"{card['loss']['last10_mean']:.2f}")
+        for e in encoders:
+            t0 = time.perf_counter()
+            embed_study(layout.tile.root, dataclasses.replace(cfg.embed, encoders=(e,)), cfg.seed, embed_dir,
+                        progress=False, pretrain_dir=pretrain_dir)
+            print(f"embedding {e}: {time.perf_counter() - t0:.1f} s")
         for choice in args.choices:
             feat_cfg = dataclasses.replace(cfg.features, encoders=tuple(choice.split("+")))
             base = Path(tmp) / choice
@@ -62,8 +89,9 @@ def main() -> None:
     ref = runs.get("spectral")
     target = cfg.evaluate.targets[0]
     q = np.linspace(1.0 / cfg.evaluate.q_grid, 1.0, cfg.evaluate.q_grid)
-    print(f"\n| encoders | scale set | {target} RATE Ratio | corr(tau hat, tau) | paired vs spectral: diff (SE), p |")
-    print("|---|---|---|---|---|")
+    print(f"\n| encoders | scale set | {target} RATE Ratio | corr(tau hat, tau) | paired vs spectral: diff (SE), p |"
+          " all vs single scale chosen on earlier folds: diff (SE), p |")
+    print("|---|---|---|---|---|---|")
     for choice, (m, table, dr) in runs.items():
         for name, e in m["sets"].items():
             paired = ""
@@ -77,7 +105,11 @@ def main() -> None:
                                       seed=cfg.seed)
                 paired = f"{res.estimate:+.3f} ({res.std_err:.3f}), p = {res.p_value():.3f}"
             corr = f"{e['corr_true_tau']:.2f}" if "corr_true_tau" in e else ""
-            print(f"| {choice} | {name} | {e[target]['ratio']:.2f} | {corr} | {paired} |")
+            vs_single = ""
+            pt = m.get("paired", {}).get(target)
+            if name == m.get("paired", {}).get("reference") and isinstance(pt, dict) and "estimate" in pt:
+                vs_single = f"{pt['estimate']:+.3f} ({pt['std_err']:.3f}), p = {pt['p_value']:.3f}"
+            print(f"| {choice} | {name} | {e[target]['ratio']:.2f} | {corr} | {paired} | {vs_single} |")
 
 
 if __name__ == "__main__":

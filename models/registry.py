@@ -79,6 +79,19 @@ def _resolve(name: str) -> tuple[str, dict[str, Any]]:
                        "an unknown name", f"did you mean {', '.join(close)}?" if close else "pick one of those")
 
 
+TRAINABLE = ("vit", "resnet", "regnet")
+
+
+def check_trainable(name: str) -> str:
+    """The family of ``name`` when it can be pretrained (a timm backbone), else an EncoderError."""
+    family, _ = _resolve(name)
+    if family not in TRAINABLE:
+        raise EncoderError(f"pretrain.encoders: {name!r}", f"a preset of a trainable family ({', '.join(TRAINABLE)})",
+                           f"family {family!r}", "list only ViT/ResNet/RegNet presets (spectral and rcf need no "
+                           "training)")
+    return family
+
+
 def create_encoder(name: str, *, in_chans: int, seed: int = 0, weights: str | os.PathLike | None = None,
                    **overrides: Any) -> Encoder:
     """Create an encoder by family or preset name.

@@ -146,6 +146,11 @@ class Study:
 
         tile.run(self.config, self.out, self.folder.resolve())
 
+    def pretrain(self) -> None:
+        from .procedures import pretrain
+
+        pretrain.run(self.config, self.out, self.folder.resolve())
+
     def embed(self) -> None:
         from .procedures import embed
 

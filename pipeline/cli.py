@@ -29,7 +29,7 @@ from .stages._common import guarded
 
 log = logging.getLogger("pipeline.cli")
 
-INIT_SECTIONS = ("seed", "data", "tile", "embed", "features", "cate", "evaluate", "compute")
+INIT_SECTIONS = ("seed", "data", "tile", "pretrain", "embed", "features", "cate", "evaluate", "compute")
 """The params sections of a study made by ``mscate init`` (a real study: no simulation, no scaling)."""
 
 INIT_CATE = {"propensity": "share"}

@@ -10,9 +10,9 @@ import geopandas as gpd
 import pytest
 import yaml
 
-from pipeline.stages import cate, embed, evaluate, features, prepare, tile
+from pipeline.stages import cate, embed, evaluate, features, prepare, pretrain, tile
 
-STAGES = [prepare, tile, embed, features, cate, evaluate]
+STAGES = [prepare, tile, pretrain, embed, features, cate, evaluate]
 
 
 def digest_tree(folder: Path) -> dict[str, str]:

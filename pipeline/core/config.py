@@ -19,6 +19,7 @@ from typing import Any, Sequence, Union
 import yaml
 
 from models.scaling import STRATEGIES
+from models.ssl_spec import AUGMENTATIONS, SSL_METHODS
 
 from .errors import ConfigError
 
@@ -159,6 +160,33 @@ class TileConfig:
                                             factory=JitterCopiesConfig)
 
 
+SSL_SUFFIX = "_ssl"  # an embed encoder named <preset>_ssl is <preset> with the pretrain stage's weights
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Self-supervised pretraining (VICReg) of timm encoder presets on chips cut at random positions of the
+    study's scenes, at every tile scale, with reflectance-preserving augmentations. No outcome is read.
+    Embed a pretrained encoder by adding ``<preset>_ssl`` to ``embed.encoders``."""
+
+    encoders: tuple[str, ...] = opt((), "timm encoder presets to pretrain (vit/resnet/regnet families)")
+    method: str = opt("vicreg", "self-supervised objective", choices=SSL_METHODS)
+    positions: int = opt(2048, "random chip positions across the scenes, each tiled at every scale")
+    min_valid: float = opt(0.9, "a chip is used when at least this share of its pixels is valid")
+    steps: int = opt(500, "optimiser steps on the CPU (the time budget: steps x batch_size images)")
+    gpu_steps: int = opt(0, "optimiser steps on a GPU (0: the same as steps)")
+    batch_size: int = opt(128, "chips per step (two views each)")
+    lr: float = opt(0.001, "peak AdamW learning rate (linear warm-up, cosine decay)")
+    weight_decay: float = opt(0.05, "AdamW weight decay")
+    projector_dim: int = opt(256, "width of the VICReg expander (discarded after training)")
+    augment: tuple[str, ...] = opt(("flip", "crop", "noise", "band_drop"),
+                                   "among " + ", ".join(AUGMENTATIONS) + " (rot90 off: scenes are north-up)")
+    crop_scale: tuple[float, ...] = opt((0.5, 1.0), "[min, max] area share of the random crop")
+    noise_sd: float = opt(0.01, "per-pixel Gaussian noise, reflectance units")
+    band_drop: float = opt(0.2, "probability of setting one random band to its mean")
+    device: str = opt("auto", "auto (cuda when available), cpu or cuda[:N]")
+
+
 @dataclass(frozen=True)
 class EmbedConfig:
     """Encoders run over every scale: batch size, device, and how the chip store is read ahead of the
@@ -257,6 +285,7 @@ class Config:
     data: DataConfig = opt(doc="a real study's inputs (empty: the simulation)", factory=DataConfig)
     simulate: SimulateConfig = opt(doc="the simulated study", factory=SimulateConfig)
     tile: TileConfig = opt(doc="chips around every location", factory=TileConfig)
+    pretrain: PretrainConfig = opt(doc="self-supervised encoders from the study's imagery", factory=PretrainConfig)
     embed: EmbedConfig = opt(doc="encoders", factory=EmbedConfig)
     features: FeaturesConfig = opt(doc="Multi-scale Concatenation", factory=FeaturesConfig)
     cate: CateConfig = opt(doc="cross-fitted causal forests", factory=CateConfig)
@@ -407,6 +436,27 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("tile.block_px", "at least 64 pixels", t.block_px, "use 1024")
     if t.workers < 1:
         bad("tile.workers", "at least 1 thread", t.workers, "use 1 or the number of cores")
+    pt = cfg.pretrain
+    for key, value, low in (("positions", pt.positions, 1), ("steps", pt.steps, 1), ("gpu_steps", pt.gpu_steps, 0),
+                            ("batch_size", pt.batch_size, 2), ("projector_dim", pt.projector_dim, 2)):
+        if value < low:
+            bad(f"pretrain.{key}", f"an integer >= {low}", value, f"use at least {low}")
+    if not 0 < pt.min_valid <= 1:
+        bad("pretrain.min_valid", "a share in (0, 1]", pt.min_valid, "e.g. 0.9")
+    if pt.lr <= 0 or pt.weight_decay < 0 or pt.noise_sd < 0 or not 0 <= pt.band_drop <= 1:
+        bad("pretrain.lr/weight_decay/noise_sd/band_drop", "lr > 0, weight_decay >= 0, noise_sd >= 0, "
+            "0 <= band_drop <= 1", (pt.lr, pt.weight_decay, pt.noise_sd, pt.band_drop), "fix the value")
+    unknown_aug = [a for a in pt.augment if a not in AUGMENTATIONS]
+    if unknown_aug:
+        bad("pretrain.augment", f"names among {', '.join(AUGMENTATIONS)}", unknown_aug, "remove or rename them")
+    if len(pt.crop_scale) != 2 or not 0 < pt.crop_scale[0] <= pt.crop_scale[1] <= 1:
+        bad("pretrain.crop_scale", "[min, max] with 0 < min <= max <= 1", list(pt.crop_scale), "e.g. [0.5, 1.0]")
+    for i, name in enumerate(cfg.embed.encoders):
+        if name.endswith(SSL_SUFFIX) and name[: -len(SSL_SUFFIX)] not in pt.encoders:
+            base = name[: -len(SSL_SUFFIX)]
+            bad(f"embed.encoders[{i}]", f"{name!r} to name a preset pretrained by the pretrain stage "
+                f"(pretrain.encoders holds {list(pt.encoders)})", name,
+                f"add {base} to pretrain.encoders, or embed {base} (random weights)")
     if cfg.embed.batch_size < 1:
         bad("embed.batch_size", "a positive integer", cfg.embed.batch_size, "use e.g. 64")
     if cfg.embed.num_workers < 0:

@@ -64,6 +64,27 @@ class ChipStorePaths:
 
 
 @dataclass(frozen=True)
+class PretrainPaths:
+    """Self-supervised checkpoints learned from the study's own imagery: per encoder preset the weights
+    (safetensors), a card (config, data digest, steps, losses) and the loss curve; plus an index."""
+
+    root: Path
+
+    def weights(self, encoder: str) -> Path:
+        return self.root / f"{encoder}.safetensors"
+
+    def card(self, encoder: str) -> Path:
+        return self.root / f"{encoder}.json"
+
+    def loss_png(self, encoder: str) -> Path:
+        return self.root / f"{encoder}_loss.png"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.json"
+
+
+@dataclass(frozen=True)
 class EmbeddingPaths:
     """Embeddings of a chip store: per encoder and scale a (locations x dim) array, plus the encoder's
     column names and card."""
@@ -78,6 +99,10 @@ class EmbeddingPaths:
 
     def card(self, encoder: str) -> Path:
         return self.root / encoder / "card.json"
+
+    def fitted_state(self, encoder: str) -> Path:
+        """The state of an encoder fitted on the chips (random features' kernels), to embed new chips alike."""
+        return self.root / encoder / "fitted.safetensors"
 
 
 @dataclass(frozen=True)
@@ -249,6 +274,10 @@ class StudyLayout:
         return ChipStorePaths(self.out / "tile")
 
     @property
+    def pretrain(self) -> PretrainPaths:
+        return PretrainPaths(self.out / "pretrain")
+
+    @property
     def embed(self) -> EmbeddingPaths:
         return EmbeddingPaths(self.out / "embed")
 
@@ -371,10 +400,14 @@ STAGES: tuple[StageSpec, ...] = (
               lambda L, k: [L.units] + ([L.simulated_scenes] if k == "simulation" else []),
               # persist: an interrupted tiling resumes its finished chunks
               lambda L: [(L.tile.root, {"persist": True})], real_params=("data",)),
+    StageSpec("pretrain", "self-supervised pretraining of encoders on chips at random positions of the scenes",
+              ("seed", "tile", "pretrain", "compute"), ("pipeline/procedures/pretrain.py", "models", "configs/encoders"),
+              lambda L, k: [L.simulated_scenes] if k == "simulation" else [],
+              lambda L: [(L.pretrain.root, {})], real_params=("data",)),
     StageSpec("embed", "encode every scale's chips with every configured encoder",
               ("seed", "embed", "compute"), ("pipeline/procedures/embed.py", "pipeline/imagery/embedding.py",
                                              "models", "configs/encoders"),
-              lambda L, k: [L.tile.root], lambda L: [(L.embed.root, {})]),
+              lambda L, k: [L.tile.root, L.pretrain.root], lambda L: [(L.embed.root, {})]),
     StageSpec("features", "Multi-scale Concatenation of per-scale embeddings (plus covariates) per scale set",
               ("features",), ("pipeline/procedures/features.py", "pipeline/estimate/concat.py"),
               lambda L, k: [L.units, L.tile.root, L.embed.root], lambda L: [(L.features.root, {})]),
@@ -491,7 +524,7 @@ class StudyResult:
     cate: object  # geopandas.GeoDataFrame
 
 
-RESULT_SECTIONS = ("seed", "data", "simulate", "tile", "embed", "features", "cate", "evaluate")
+RESULT_SECTIONS = ("seed", "data", "simulate", "tile", "pretrain", "embed", "features", "cate", "evaluate")
 """The params sections a study's result depends on (``compute`` changes where, not what, is computed)."""
 
 

@@ -58,7 +58,7 @@ def extrapolate_cate(study_out: str | os.PathLike, cfg: Config, new_locations: g
     manifest = tile_points(new_locations, new_scenes, points_config(cfg.tile, scales), paths.tile.root,
                            progress=False)
     embed_study(paths.tile.root, replace(cfg.embed, encoders=tuple(encoders)), cfg.seed, paths.embed.root,
-                progress=False)
+                progress=False, pretrain_dir=study.pretrain.root, fitted_from=study.embed.root)
     dropped = set(manifest.loc[manifest["dropped"], "location_id"].astype(str))
     ids = new_locations["location_id"].astype(str)
     kept = np.flatnonzero(~ids.isin(dropped).to_numpy())
