@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 import yaml
 
+from .adapters import build_clip, build_ssl4eo_l
 from .encoders import Encoder, RandomConvFeatures, SpectralStats, build_regnet, build_resnet, build_vit
 from .errors import EncoderError
 from .weights import load_weights
@@ -28,7 +29,12 @@ FAMILIES: dict[str, Callable[..., Encoder]] = {
     "resnet": build_resnet,
     "regnet": build_regnet,
     "rcf": lambda name, in_chans, **kw: RandomConvFeatures(name=name, in_chans=in_chans, **kw),
+    "ssl4eo_l": build_ssl4eo_l,
+    "clip": build_clip,
 }
+PUBLISHED = ("ssl4eo_l", "clip")
+"""Families built from a published checkpoint: the builder reads ``weights`` itself (architecture and band
+mapping depend on it)."""
 
 
 
@@ -119,6 +125,11 @@ def create_encoder(name: str, *, in_chans: int, seed: int = 0, weights: str | os
             raise EncoderError(f"encoder {name!r}", f"keys among {known}",
                                f"unknown keys {unknown}", "remove them from the preset/overrides")
     torch.manual_seed(seed)
+    if family in PUBLISHED:
+        enc = builder(name=name, in_chans=in_chans, weights=weights, **spec)
+        enc.seed = seed
+        enc.eval()
+        return enc
     enc = builder(name=name, in_chans=in_chans, **spec)
     enc.weights_digest = None
     enc.seed = seed

@@ -154,7 +154,7 @@ class Study:
     def embed(self) -> None:
         from .procedures import embed
 
-        embed.run(self.config, self.out)
+        embed.run(self.config, self.out, params_dir=self.folder.resolve())
 
     def features(self) -> None:
         from .procedures import features

@@ -188,6 +188,15 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class EncoderWeightsConfig:
+    """A local checkpoint for an encoder of ``embed.encoders`` (published SSL4EO-L / CLIP weights, or any
+    checkpoint of a preset's architecture)."""
+
+    encoder: str = opt(doc="the encoder name as listed in embed.encoders")
+    path: str = opt(doc="safetensors or .pt/.pth file, absolute or relative to the params file's folder")
+
+
+@dataclass(frozen=True)
 class EmbedConfig:
     """Encoders run over every scale: batch size, device, and how the chip store is read ahead of the
     encoder (``read_threads`` reader threads, 0 = one per core up to 8; or ``num_workers`` DataLoader
@@ -198,6 +207,8 @@ class EmbedConfig:
     device: str = opt("auto", "auto (cuda when available), cpu or cuda[:N]")
     num_workers: int = opt(0, "DataLoader processes reading the chip store (0: reader threads)")
     read_threads: int = opt(0, "threads reading chip blocks ahead of the encoder (0: one per core, at most 8)")
+    weights: tuple[EncoderWeightsConfig, ...] = opt((), "local checkpoints: [{encoder: NAME, path: FILE}] (no "
+                                                    "downloads)")
 
 
 @dataclass(frozen=True)
@@ -451,6 +462,13 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("pretrain.augment", f"names among {', '.join(AUGMENTATIONS)}", unknown_aug, "remove or rename them")
     if len(pt.crop_scale) != 2 or not 0 < pt.crop_scale[0] <= pt.crop_scale[1] <= 1:
         bad("pretrain.crop_scale", "[min, max] with 0 < min <= max <= 1", list(pt.crop_scale), "e.g. [0.5, 1.0]")
+    for i, w in enumerate(cfg.embed.weights):
+        if w.encoder not in cfg.embed.encoders:
+            bad(f"embed.weights[{i}].encoder", f"one of embed.encoders {list(cfg.embed.encoders)}", w.encoder,
+                "list the encoder under embed.encoders, or fix its name")
+        if w.encoder.endswith(SSL_SUFFIX):
+            bad(f"embed.weights[{i}].encoder", "an encoder whose weights do not come from the pretrain stage",
+                w.encoder, "remove the entry: <preset>_ssl loads out/pretrain")
     for i, name in enumerate(cfg.embed.encoders):
         if name.endswith(SSL_SUFFIX) and name[: -len(SSL_SUFFIX)] not in pt.encoders:
             base = name[: -len(SSL_SUFFIX)]

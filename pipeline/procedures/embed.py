@@ -19,9 +19,11 @@ from ..imagery.embedding import embed_chips
 from ..imagery.tiling import read_chip_store
 
 
-def make_encoder(name: str, in_chans: int, seed: int, pretrain_dir: str | os.PathLike | None = None):
-    """The encoder ``name`` of ``embed.encoders``: a preset or family, or ``<preset>_ssl``, the preset with
-    the weights that the pretrain stage wrote into ``pretrain_dir``.
+def make_encoder(name: str, in_chans: int, seed: int, pretrain_dir: str | os.PathLike | None = None,
+                 weights: str | os.PathLike | None = None):
+    """The encoder ``name`` of ``embed.encoders``: a preset or family (with the local checkpoint ``weights``,
+    from ``embed.weights``), or ``<preset>_ssl``, the preset with the weights that the pretrain stage wrote
+    into ``pretrain_dir``.
 
     Raises:
         EncoderError: an ``_ssl`` name without its checkpoint (names the file and the fix).
@@ -38,17 +40,25 @@ def make_encoder(name: str, in_chans: int, seed: int, pretrain_dir: str | os.Pat
         enc = create_encoder(base, in_chans=in_chans, seed=seed, weights=weights)
         enc.name = name
         return enc
-    return create_encoder(name, in_chans=in_chans, seed=seed)
+    return create_encoder(name, in_chans=in_chans, seed=seed, weights=weights)
+
+
+def weights_paths(cfg, params_dir: str | os.PathLike | None) -> dict[str, str]:
+    """``embed.weights`` as {encoder: absolute path}, relative paths taken from ``params_dir``."""
+    base = Path(params_dir) if params_dir is not None else Path.cwd()
+    return {w.encoder: str(Path(w.path) if Path(w.path).is_absolute() else (base / w.path).resolve())
+            for w in getattr(cfg, "weights", ())}
 
 
 def _embed_rows(tile_dir: str, scale: str, name: str, in_chans: int, seed: int, start: int, stop: int,
-                batch_size: int, device: str, state: dict | None = None, pretrain_dir: str | None = None) -> np.ndarray:
+                batch_size: int, device: str, state: dict | None = None, pretrain_dir: str | None = None,
+                weights: str | None = None) -> np.ndarray:
     """Embed rows [start, stop) of one scale of a chip store: the unit of work of a Dask task (``state``: the
     encoder's fitted buffers, for encoders fitted on the chips)."""
     import zarr
 
     chips = zarr.open_group(str(ChipStorePaths(Path(tile_dir)).chips), mode="r")[scale]
-    enc = make_encoder(name, in_chans, seed, pretrain_dir)
+    enc = make_encoder(name, in_chans, seed, pretrain_dir, weights)
     if state is not None:
         enc.load_state_dict(state)
     return embed_chips(enc, chips[start:stop], batch_size, device)
@@ -74,7 +84,8 @@ def fit_on_chips(enc, chips: dict, seed: int):
 
 def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.PathLike,
                 progress: bool = True, client=None, pretrain_dir: str | os.PathLike | None = None,
-                fitted_from: str | os.PathLike | None = None) -> dict[tuple[str, str], np.ndarray]:
+                fitted_from: str | os.PathLike | None = None,
+                params_dir: str | os.PathLike | None = None) -> dict[tuple[str, str], np.ndarray]:
     """Embed every scale of a chip store with every encoder of ``cfg`` (an ``EmbedConfig``).
 
     Writes per encoder the (locations x dim) array of every scale (rows in the chip store's location
@@ -87,8 +98,9 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
     paths = EmbeddingPaths(Path(out_dir))
     result = {}
     bands = next(iter(chips.values())).shape[1]
+    local = weights_paths(cfg, params_dir)
     for name in cfg.encoders:
-        enc = make_encoder(name, bands, seed, pretrain_dir)
+        enc = make_encoder(name, bands, seed, pretrain_dir, local.get(name))
         state = None
         if hasattr(enc, "fit_patches"):
             if fitted_from is not None:
@@ -101,7 +113,7 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
             if client is not None:
                 step = cfg.batch_size * max(1, 1024 // cfg.batch_size)
                 parts = [(str(tile_dir), scale, name, bands, seed, s, min(s + step, arr.shape[0]), cfg.batch_size,
-                          cfg.device, state, None if pretrain_dir is None else str(pretrain_dir))
+                          cfg.device, state, None if pretrain_dir is None else str(pretrain_dir), local.get(name))
                          for s in range(0, arr.shape[0], step)]
                 emb = np.concatenate(run_ordered(client, _embed_rows, parts), axis=0)
             else:
@@ -118,12 +130,14 @@ def embed_study(tile_dir: str | os.PathLike, cfg, seed: int, out_dir: str | os.P
     return result
 
 
-def run(cfg: Config, out: str | os.PathLike, progress: bool = True) -> dict:
-    """The embed stage: ``out/tile`` into ``out/embed``, on the compute backend of ``cfg.compute``."""
+def run(cfg: Config, out: str | os.PathLike, progress: bool = True,
+        params_dir: str | os.PathLike | None = None) -> dict:
+    """The embed stage: ``out/tile`` into ``out/embed``, on the compute backend of ``cfg.compute``
+    (``embed.weights`` paths relative to ``params_dir``)."""
     layout = StudyLayout(out)
     with dask_client(cfg.compute) as client:
         return embed_study(layout.tile.root, cfg.embed, cfg.seed, layout.embed.root, progress, client,
-                           pretrain_dir=layout.pretrain.root)
+                           pretrain_dir=layout.pretrain.root, params_dir=params_dir)
 
 
 def save_fitted(path: Path, state: dict) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from ..procedures import embed
 from ._common import run_stage
 
 
 def body(cfg, args) -> None:
-    embs = embed.run(cfg, args.out)
+    embs = embed.run(cfg, args.out, params_dir=Path(args.params).resolve().parent)
     print(f"embed: {len(embs)} (encoder, scale) embeddings -> {args.out}")
 
 
