@@ -65,10 +65,13 @@ def main() -> None:
             pretrain_run(pcfg, Path(tmp) / "out", args.params.resolve().parent,
                          scene_paths=study_scenes(cfg, args.study_out, args.params.resolve().parent))
             print(f"pretraining ({', '.join(need)}): {time.perf_counter() - t0:.1f} s")
+        timing_file = Path(pretrain_dir).parent / "pretrain_timing.json"
+        timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {}
         for b in need:
             card = json.loads(PretrainPaths(pretrain_dir).card(b).read_text())
             t = card["training"]
-            print(f"pretraining {b}: {t['steps']} steps x {t['batch_size']} chips, {t['seconds']:.1f} s on "
+            secs = timing.get(b, {}).get("seconds", t.get("seconds", float("nan")))
+            print(f"pretraining {b}: {t['steps']} steps x {t['batch_size']} chips, {secs:.1f} s on "
                   f"{t['device']} ({t['precision']}), loss {card['loss']['first10_mean']:.2f} -> "
                   f"{card['loss']['last10_mean']:.2f}")
         for e in encoders:

@@ -59,3 +59,18 @@ def test_gpu_scaling_timer_runs():
     enc = create_encoder("resnet_tiny", in_chans=6, seed=0)
     ips = time_forward(enc, 16, torch.device("cuda"), repeats=2)
     assert np.isfinite(ips) and ips > 0
+
+
+def test_gpu_pretraining_runs_in_bf16_and_lowers_its_loss():
+    from models.ssl import AugmentSpec, pretrain_vicreg
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:16, 0:16]
+    chips = np.stack([0.15 + 0.08 * np.sin((xx if rng.random() < 0.5 else yy) * 0.8 + rng.uniform(0, 6))[None]
+                      * np.ones((6, 1, 1)) + rng.normal(0, 0.01, (6, 16, 16)) for _ in range(256)]).astype(np.float32)
+    enc = create_encoder("vit_tiny", in_chans=6, seed=0)
+    res = pretrain_vicreg(enc, [torch.from_numpy(chips)], steps=60, batch_size=64, lr=5e-3, weight_decay=0.0,
+                          projector_dim=64, aug=AugmentSpec(), seed=0, device=torch.device("cuda"))
+    assert res.device == "cuda" and res.precision == "bf16" and np.isfinite(res.losses).all()
+    assert np.mean(res.losses[-10:]) < np.mean(res.losses[:10])
+    assert next(enc.parameters()).device.type == "cpu"  # handed back on the CPU, ready to save

@@ -17,7 +17,8 @@ STAGES = [prepare, tile, pretrain, embed, features, cate, evaluate]
 
 def digest_tree(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.endswith(".png")}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(".png") and p.name != "pretrain_timing.json"}
 
 
 def run_all(params: Path, out: Path) -> None:

@@ -193,7 +193,9 @@ def test_pretrain_stage_writes_checkpoint_card_and_curve_and_embed_loads_it(tmp_
     paths = StudyLayout(out).pretrain
     assert not (out / "pretrain" / "old.safetensors").exists()
     card = json.loads(paths.card("vit_tiny").read_text())
-    assert card == json.loads(json.dumps(cards["vit_tiny"]))
+    assert card == json.loads(json.dumps({k: v for k, v in cards["vit_tiny"].items() if k != "timing"}))
+    timing = json.loads(StudyLayout(out).pretrain_timing.read_text())
+    assert timing["vit_tiny"]["seconds"] > 0 and timing["vit_tiny"]["steps"] == 6
     assert card["training"]["steps"] == 6 and len(card["loss"]["per_step"]) == 6
     assert card["data"]["chips_per_scale"]["a"] > 0 and len(card["data"]["chips_sha256"]) == 64
     assert paths.loss_png("vit_tiny").read_bytes()[:4] == b"\x89PNG"

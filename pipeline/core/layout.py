@@ -278,6 +278,12 @@ class StudyLayout:
         return PretrainPaths(self.out / "pretrain")
 
     @property
+    def pretrain_timing(self) -> Path:
+        """Wall time and images/s of each pretraining run (a DVC metric kept apart from the checkpoints, so
+        that a rerun with the same seed leaves the embed stage's inputs byte-identical)."""
+        return self.out / "pretrain_timing.json"
+
+    @property
     def embed(self) -> EmbeddingPaths:
         return EmbeddingPaths(self.out / "embed")
 
@@ -403,7 +409,7 @@ STAGES: tuple[StageSpec, ...] = (
     StageSpec("pretrain", "self-supervised pretraining of encoders on chips at random positions of the scenes",
               ("seed", "tile", "pretrain", "compute"), ("pipeline/procedures/pretrain.py", "models", "configs/encoders"),
               lambda L, k: [L.simulated_scenes] if k == "simulation" else [],
-              lambda L: [(L.pretrain.root, {})], real_params=("data",)),
+              lambda L: [(L.pretrain.root, {})], real_params=("data",), metrics=lambda L: [L.pretrain_timing]),
     StageSpec("embed", "encode every scale's chips with every configured encoder",
               ("seed", "embed", "compute"), ("pipeline/procedures/embed.py", "pipeline/imagery/embedding.py",
                                              "models", "configs/encoders"),

@@ -110,7 +110,8 @@ def _loss_figure(losses: list[float], title: str, path: Path) -> None:
 def pretrain_encoders(chips: dict[str, np.ndarray], cfg: PretrainConfig, seed: int, out_dir: str | os.PathLike,
                       data_info: dict | None = None) -> dict[str, dict]:
     """Pretrain every encoder of ``cfg`` on ``chips`` and write its checkpoint, card and loss curve into
-    ``out_dir`` (:class:`pipeline.core.layout.PretrainPaths`); returns the cards by encoder."""
+    ``out_dir`` (:class:`pipeline.core.layout.PretrainPaths`); returns the cards by encoder, each with its
+    ``timing`` (seconds, images/s), which the card files leave out (they are bitwise reproducible)."""
     import torch
     from safetensors.torch import save_file
 
@@ -149,16 +150,15 @@ def pretrain_encoders(chips: dict[str, np.ndarray], cfg: PretrainConfig, seed: i
                          "lr": cfg.lr, "weight_decay": cfg.weight_decay, "projector_dim": cfg.projector_dim,
                          "augment": list(cfg.augment), "crop_scale": list(cfg.crop_scale), "noise_sd": cfg.noise_sd,
                          "band_drop": cfg.band_drop, "seed": seed, "device": result.device,
-                         "precision": result.precision, "seconds": round(result.seconds, 2),
-                         "images_per_s": round(result.images_seen / max(result.seconds, 1e-9), 1),
-                         "torch": torch.__version__},
+                         "precision": result.precision, "torch": torch.__version__},
             "data": {"chips_sha256": digest, "chips_per_scale": {s: int(len(a)) for s, a in chips.items()},
                      **(data_info or {})},
             "loss": {"first10_mean": first, "last10_mean": last, "per_step": result.losses,
                      "final_terms": result.terms},
         }
         write_json(paths.card(name), card)
-        cards[name] = card
+        cards[name] = {**card, "timing": {"seconds": round(result.seconds, 2),
+                                          "images_per_s": round(result.images_seen / max(result.seconds, 1e-9), 1)}}
         log.info("pretrain %s: %d steps in %.1f s (%s), loss %.2f -> %.2f", name, steps, result.seconds,
                  result.device, first, last)
     return cards
@@ -193,4 +193,7 @@ def run(cfg: Config, out: str | os.PathLike, params_dir: str | os.PathLike, *,
                                    "scenes": [Path(p).name for p in scenes]})
     write_json(paths.index, {"encoders": list(cfg.pretrain.encoders), "method": cfg.pretrain.method,
                              "cards": {n: paths.card(n).name for n in cards}})
+    write_json(layout.pretrain_timing, {n: {**c["timing"], "device": c["training"]["device"],
+                                            "precision": c["training"]["precision"], "steps": c["training"]["steps"]}
+                                        for n, c in cards.items()})
     return cards

@@ -1,10 +1,10 @@
 """The texture design (``simulate.design: texture``): build it, then check what each encoder can see.
 
 Writes a study folder (default ``out_texture/`` at the repository root, ignored by git) whose params are the
-default study's with ``simulate.design: texture`` and both encoders embedded, runs its prepare, tile and embed
-stages, and prints the cross-validated R^2 (5 folds over villages, ridge with its penalty chosen inside each
+default study's with ``simulate.design: texture`` (every encoder of the default study embedded), runs its
+prepare, tile, pretrain and embed stages, and prints the cross-validated R^2 (5 folds over villages, ridge with its penalty chosen inside each
 training fold) of each effect modifier from each encoder's features at each scale: spectral statistics
-should explain neither modifier (equal shares by construction), random convolutional features should.
+should explain neither modifier (equal shares by construction); encoders that see texture should.
 
     python studies/simulation/texture_check.py [--folder out_texture]
     python benchmarks/encoders.py --study-out out_texture/out --params out_texture/params.yaml   # the RATE table
@@ -47,16 +47,15 @@ def main() -> None:
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["simulate"]["design"] = "texture"
-    params["embed"]["encoders"] = ["spectral", "rcf"]
     study = mc.Study(args.folder, params=params)
-    for stage in ("prepare", "tile", "embed"):
+    for stage in ("prepare", "tile", "pretrain", "embed"):
         getattr(study, stage)()
     layout = StudyLayout(study.out)
     truth = pd.read_parquet(layout.truth).drop_duplicates("location_id").set_index("location_id")
     print("cross-validated R^2 of each modifier (villages), by encoder and scale:")
     print("| encoder | scale | f_fine (arrangement) | f_coarse (strip orientation) |")
     print("|---|---|---|---|")
-    for encoder in ("spectral", "rcf"):
+    for encoder in study.config.embed.encoders:
         units, by_scale, _ = unit_features_by_scale(layout.units, layout.tile.root, layout.embed.root,
                                                     study.config.features, encoder)
         first = ~units["location_id"].duplicated().to_numpy()
