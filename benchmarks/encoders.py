@@ -34,15 +34,14 @@ def main() -> None:
                              "spectral+rcf", "spectral+vit_tiny_ssl", "spectral+resnet_tiny_ssl"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from pipeline.core.config import load_config
-    from pipeline.core.config import SSL_SUFFIX
+    from pipeline.core.config import SSL_SUFFIX, load_config
     from pipeline.core.layout import PretrainPaths, StudyLayout
-    from pipeline.procedures.tile import study_scenes
     from pipeline.estimate.inference import sequential_rate
     from pipeline.procedures.cate import run_cate
     from pipeline.procedures.embed import embed_study
     from pipeline.procedures.evaluate import evaluate_study
     from pipeline.procedures.features import build_features
+    from pipeline.procedures.tile import study_scenes
 
     layout = StudyLayout(args.study_out)
     if not layout.tile.manifest.is_file():

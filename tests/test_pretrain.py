@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from models import create_encoder
 from models.errors import EncoderError
@@ -243,8 +242,8 @@ def test_pretrain_stage_without_encoders_writes_only_its_index(tmp_path):
 
 
 def test_random_positions_cover_every_scene_evenly(tmp_path):
-    from pipeline.procedures.pretrain import random_positions
     from pipeline.imagery.scenes import SceneCatalog
+    from pipeline.procedures.pretrain import random_positions
 
     a = write_raster(tmp_path / "a.tif", np.ones((1, 50, 50), dtype=np.float32))
     b = write_raster(tmp_path / "b.tif", np.ones((1, 50, 50), dtype=np.float32), x0=510000.0)
@@ -258,9 +257,8 @@ def test_random_positions_cover_every_scene_evenly(tmp_path):
 
 def test_rcf_state_is_reused_for_new_chips(tmp_path):
     """Embedding new locations (extrapolation) loads the trial's fitted kernels instead of refitting them."""
-    from rasterio.warp import transform as wt
-
     import geopandas as gpd
+    from rasterio.warp import transform as wt
 
     from pipeline.core.layout import EmbeddingPaths
     from pipeline.procedures.embed import embed_study

@@ -407,7 +407,8 @@ STAGES: tuple[StageSpec, ...] = (
               # persist: an interrupted tiling resumes its finished chunks
               lambda L: [(L.tile.root, {"persist": True})], real_params=("data",)),
     StageSpec("pretrain", "self-supervised pretraining of encoders on chips at random positions of the scenes",
-              ("seed", "tile", "pretrain", "compute"), ("pipeline/procedures/pretrain.py", "models", "configs/encoders"),
+              ("seed", "tile", "pretrain", "compute"),
+              ("pipeline/procedures/pretrain.py", "models", "configs/encoders"),
               lambda L, k: [L.simulated_scenes] if k == "simulation" else [],
               lambda L: [(L.pretrain.root, {})], real_params=("data",), metrics=lambda L: [L.pretrain_timing]),
     StageSpec("embed", "encode every scale's chips with every configured encoder",

@@ -21,7 +21,8 @@ def body(cfg, args) -> None:
         print("pretrain: no encoder listed under pretrain.encoders")
     for name, card in cards.items():
         t = card["training"]
-        print(f"pretrain: {name} ({card['method']}) {t['steps']} steps x {t['batch_size']} chips in {card['timing']['seconds']:.1f} s "
+        secs = card["timing"]["seconds"]
+        print(f"pretrain: {name} ({card['method']}) {t['steps']} steps x {t['batch_size']} chips in {secs:.1f} s "
               f"on {t['device']}; loss {card['loss']['first10_mean']:.2f} -> {card['loss']['last10_mean']:.2f} "
               f"-> {args.out}")
 

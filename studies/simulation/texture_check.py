@@ -2,9 +2,10 @@
 
 Writes a study folder (default ``out_texture/`` at the repository root, ignored by git) whose params are the
 default study's with ``simulate.design: texture`` (every encoder of the default study embedded), runs its
-prepare, tile, pretrain and embed stages, and prints the cross-validated R^2 (5 folds over villages, ridge with its penalty chosen inside each
-training fold) of each effect modifier from each encoder's features at each scale: spectral statistics
-should explain neither modifier (equal shares by construction); encoders that see texture should.
+prepare, tile, pretrain and embed stages, and prints the cross-validated R^2 (5 folds over villages, ridge
+with its penalty chosen inside each training fold) of each effect modifier from each encoder's features at
+each scale: spectral statistics should explain neither modifier (equal shares by construction); encoders
+that see texture should.
 
     python studies/simulation/texture_check.py [--folder out_texture]
     python benchmarks/encoders.py --study-out out_texture/out --params out_texture/params.yaml   # the RATE table
