@@ -9,6 +9,9 @@ measured here; pretraining time is read from the pretrain stage's cards (``<stud
 ``_ssl`` encoder has no checkpoint there, the pretrain stage runs into a temporary folder, timed).
 
     python benchmarks/encoders.py [--study-out out --params params.yaml] [--choices spectral rcf spectral+rcf]
+
+A choice joins encoders with ``+``; ``ENCODER/pcaK`` reduces that encoder to K principal components per scale
+before joining (``features.encoder_pca``), e.g. ``spectral+resnet_tiny_ssl/pca16``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--choices", nargs="+",
                     default=["spectral", "rcf", "vit_tiny", "resnet_tiny", "vit_tiny_ssl", "resnet_tiny_ssl",
-                             "spectral+rcf", "spectral+vit_tiny_ssl", "spectral+resnet_tiny_ssl"])
+                             "spectral+rcf", "spectral+vit_tiny_ssl", "spectral+resnet_tiny_ssl",
+                             "spectral+resnet_tiny_ssl/pca16"])
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     from pipeline.core.config import SSL_SUFFIX, load_config
@@ -48,7 +52,18 @@ def main() -> None:
         print(f"no chip store at {layout.tile.root}: run the study first (dvc repro)")
         return
     cfg = load_config(args.params)
-    encoders = sorted({e for c in args.choices for e in c.split("+")})
+    from pipeline.core.config import EncoderPcaConfig
+
+    def parse_choice(choice: str) -> tuple[tuple[str, ...], tuple]:
+        names, pcas = [], []
+        for token in choice.split("+"):
+            name, _, pca = token.partition("/pca")
+            names.append(name)
+            if pca:
+                pcas.append(EncoderPcaConfig(encoder=name, pca=int(pca)))
+        return tuple(names), tuple(pcas)
+
+    encoders = sorted({e for c in args.choices for e in parse_choice(c)[0]})
     truth = layout.truth if layout.truth.exists() else None
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -79,8 +94,9 @@ def main() -> None:
                         progress=False, pretrain_dir=pretrain_dir)
             print(f"embedding {e}: {time.perf_counter() - t0:.1f} s")
         for choice in args.choices:
-            feat_cfg = dataclasses.replace(cfg.features, encoders=tuple(choice.split("+")))
-            base = Path(tmp) / choice
+            names, pcas = parse_choice(choice)
+            feat_cfg = dataclasses.replace(cfg.features, encoders=names, encoder_pca=pcas)
+            base = Path(tmp) / choice.replace("/", "_")
             t0 = time.perf_counter()
             build_features(layout.units, layout.tile.root, embed_dir, feat_cfg, base / "features")
             run_cate(layout.units, base / "features", cfg.cate, cfg.seed, base / "cate", progress=False)

@@ -87,3 +87,40 @@ def test_multiscale_learner_defaults_to_the_pipeline_estimator_and_clones():
     assert isinstance(fitted.learner_, CausalForestCATE) and fitted.learner_ is not ms.learner
     assert not hasattr(ms.learner, "final_")  # the given learner is never fitted
     assert isinstance(MultiScaleLearner().fit(Y, W, X={"a": a}).learner_, CausalForestCATE)
+
+
+def test_encoder_pca_reduces_only_the_named_encoder(tmp_path):
+    import json
+
+    from pipeline.core.artifacts import write_npy
+    from pipeline.core.config import EncoderPcaConfig, FeaturesConfig, load_config
+    from pipeline.core.layout import EmbeddingPaths
+    from pipeline.procedures.features import location_embeddings
+
+    rng = np.random.default_rng(0)
+    embed = EmbeddingPaths(tmp_path)
+    for enc, dim in (("spectral", 5), ("learned", 12)):
+        (tmp_path / enc).mkdir()
+        (tmp_path / enc / "feature_names.json").write_text(json.dumps([f"{enc}{i}" for i in range(dim)]))
+        for s in ("a", "b"):
+            write_npy(embed.array(enc, s), rng.normal(size=(30, dim)))
+    cfg = FeaturesConfig(encoders=("spectral", "learned"), encoder_pca=(EncoderPcaConfig("learned", 3),))
+    emb, names, info = location_embeddings(embed, cfg.encoders, ["a", "b"], {}, cfg)
+    assert emb[("spectral", "a")].shape == (30, 5) and names[("spectral", "b")][0] == "spectral0"
+    assert emb[("learned", "a")].shape == (30, 3) and names[("learned", "b")] == ["pc0", "pc1", "pc2"]
+    assert "learned:a" in info and "spectral:a" not in info
+    # the first component is the top principal axis of the raw block
+    raw = np.load(embed.array("learned", "a"))
+    top = np.linalg.svd(raw - raw.mean(axis=0), full_matrices=False)[0][:, 0]
+    assert abs(np.corrcoef(top, emb[("learned", "a")][:, 0])[0, 1]) > 0.999
+
+    too_many = FeaturesConfig(encoders=("learned",), encoder_pca=(EncoderPcaConfig("learned", 40),))
+    with pytest.raises(ConfigError) as exc:
+        location_embeddings(embed, too_many.encoders, ["a"], {}, too_many)
+    assert exc.value.where == "features.encoder_pca[0].pca"
+
+    bad = tmp_path / "params.yaml"
+    bad.write_text("features:\n  encoders: [spectral]\n  encoder_pca: [{encoder: learned, pca: 3}]\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(bad)
+    assert "encoder_pca[0].encoder" in exc.value.where and "learned" in exc.value.got

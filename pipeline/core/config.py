@@ -212,6 +212,15 @@ class EmbedConfig:
 
 
 @dataclass(frozen=True)
+class EncoderPcaConfig:
+    """Per-encoder PCA before joining, overriding ``features.pca`` for that encoder (e.g. to keep a learned
+    encoder's many weak columns from outnumbering spectral statistics among a forest's split candidates)."""
+
+    encoder: str = opt(doc="the encoder name as listed in features.encoders")
+    pca: int = opt(doc="principal components kept per scale (0 = none)")
+
+
+@dataclass(frozen=True)
 class FeaturesConfig:
     """Multi-scale Concatenation: encoders and scale sets to join, covariates, and the optional per-scale
     reduction before joining (standardise columns; PCA to ``pca`` components; 0 = none), fitted on the
@@ -222,6 +231,7 @@ class FeaturesConfig:
     covariates: bool = opt(True, "append the pre-treatment covariates")
     standardize: bool = opt(False, "per-scale standardisation before joining")
     pca: int = opt(0, "per-scale PCA components before joining (0 = none)")
+    encoder_pca: tuple[EncoderPcaConfig, ...] = opt((), "per-encoder override of pca: [{encoder: NAME, pca: K}]")
     jitter: str = opt("none", "how jittered copies of a scale join it", choices=JITTER_JOINS)
 
 
@@ -506,6 +516,16 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("cate.propensity", "a probability strictly between 0 and 1", c.propensity, "e.g. 0.5")
     if cfg.features.pca < 0:
         bad("features.pca", "0 (no PCA) or a positive number of components", cfg.features.pca, "use e.g. 8")
+    for i, ep in enumerate(cfg.features.encoder_pca):
+        if [e.encoder for e in cfg.features.encoder_pca[:i]].count(ep.encoder):
+            bad(f"features.encoder_pca[{i}].encoder", "each encoder at most once", ep.encoder,
+                "remove the repeated entry")
+        if ep.encoder not in cfg.features.encoders:
+            bad(f"features.encoder_pca[{i}].encoder", f"one of features.encoders {list(cfg.features.encoders)}",
+                ep.encoder, "list the encoder under features.encoders or remove the entry")
+        if ep.pca < 0:
+            bad(f"features.encoder_pca[{i}].pca", "0 (no PCA) or a positive number of components", ep.pca,
+                "use e.g. 16")
     cp = cfg.compute
     if cp.scheduler not in ("synchronous", "local") and "://" not in cp.scheduler:
         bad("compute.scheduler", "synchronous, local or a scheduler address like tcp://host:8786", cp.scheduler,

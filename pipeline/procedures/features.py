@@ -19,10 +19,13 @@ from ..estimate.concat import ScaleReducer, concat_features, resolve_scale_sets
 
 def location_embeddings(embed: EmbeddingPaths, encoders, scales, copies: dict, cfg) -> tuple[dict, dict, dict]:
     """Per (encoder, scale): the locations' embedding joined with its jittered copies (``cfg.jitter``) and
-    reduced (:class:`ScaleReducer`: constant columns dropped, ``cfg.standardize``, ``cfg.pca``), with its
-    column names. Returns (embeddings, names, reduction info)."""
+    reduced (:class:`ScaleReducer`: constant columns dropped, ``cfg.standardize``, ``cfg.pca`` or the
+    encoder's ``cfg.encoder_pca`` entry), with its column names. Returns (embeddings, names, reduction info)."""
     embeddings, emb_names, reduction = {}, {}, {}
+    pca_of = {ep.encoder: ep.pca for ep in getattr(cfg, "encoder_pca", ())}
     for enc in encoders:
+        pca = pca_of.get(enc, cfg.pca)
+        key = (f"features.encoder_pca[{list(pca_of).index(enc)}].pca" if enc in pca_of else "features.pca")
         names_path = require(embed.feature_names(enc), f"embeddings of encoder {enc!r} (list it under embed.encoders)")
         for s in scales:
             emb = read_npy(embed.array(enc, s))
@@ -34,10 +37,10 @@ def location_embeddings(embed: EmbeddingPaths, encoders, scales, copies: dict, c
                 else:  # concatenated: the window, then each copy
                     emb = np.hstack([emb] + jittered)
                     names = names + [f"{n}@j{i}" for i in range(len(jittered)) for n in names]
-            if cfg.standardize or cfg.pca or np.any(np.ptp(emb, axis=0) == 0):
-                reducer = ScaleReducer(cfg.standardize, cfg.pca, f"{enc}:{s}").fit(emb)
+            if cfg.standardize or pca or np.any(np.ptp(emb, axis=0) == 0):
+                reducer = ScaleReducer(cfg.standardize, pca, f"{enc}:{s}", key).fit(emb)
                 emb = reducer.transform(emb)
-                names = ([f"pc{i}" for i in range(emb.shape[1])] if cfg.pca
+                names = ([f"pc{i}" for i in range(emb.shape[1])] if pca
                          else [n for n, k in zip(names, reducer.keep_) if k])
                 reduction[f"{enc}:{s}"] = reducer.info()
             embeddings[(enc, s)] = emb
