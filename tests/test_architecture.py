@@ -188,7 +188,7 @@ def test_rendered_params_round_trip_to_the_schema_defaults():
 
     text = render_params()
     assert config_from_dict(yaml.safe_load(text)) == Config()
-    assert "# " in text and "linear_correction: none" in text and "[none | ridge | auto]" in text
+    assert "# " in text and "linear_correction: auto" in text and "[none | ridge | auto]" in text
     custom = {"cate": {"folds": 3, "propensity": "share"}, "tile": {"scales": [{"name": "a", "size_m": 90.0,
                                                                                "px": 4}]}}
     cfg = config_from_dict(yaml.safe_load(render_params(custom, ["seed", "tile", "cate"])))

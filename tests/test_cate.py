@@ -323,8 +323,8 @@ def test_estimator_without_correction_is_econml_causal_forest_dml():
     from pipeline.estimate.cate import CausalForestCATE, KnownPropensity, ReproducibleForestRegressor, inner_splits
 
     X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=9)
-    ours = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, random_state=3).fit(Y, W, X=X,
-                                                                                                groups=clusters)
+    ours = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, random_state=3,
+                            linear_correction="none").fit(Y, W, X=X, groups=clusters)
     ref = CausalForestDML(model_y=ReproducibleForestRegressor(n_estimators=10, min_samples_leaf=10, max_features=0.5,
                                                               n_jobs=1, random_state=3),
                           model_t=KnownPropensity(0.5), discrete_treatment=True, cv=inner_splits(W, clusters, 3),

@@ -253,8 +253,8 @@ class CateConfig:
     n_jobs: int = opt(-1, "threads (-1: all cores)")
     shared_nuisance: bool = opt(True, "true: fit outcome/propensity models once per fold on the reference set's "
                                 "features and reuse them in every set; false: per set")
-    linear_correction: str = opt("none", "ridge: a ridge R-learner index before the forest; auto: chosen per "
-                                 "fold on held-out clusters", choices=LINEAR_CORRECTIONS)
+    linear_correction: str = opt("auto", "ridge: a ridge R-learner index before the forest; auto: ridge or none "
+                                 "chosen per fold on held-out clusters (dr_forest: none)", choices=LINEAR_CORRECTIONS)
 
 
 @dataclass(frozen=True)
@@ -494,7 +494,7 @@ def _check_ranges(cfg: Config, source: str) -> None:
         bad("embed.read_threads", "0 (one per core, at most 8) or a number of threads", cfg.embed.read_threads,
             "use 0")
     c = cfg.cate
-    if c.linear_correction != "none" and c.learner != "causal_forest":
+    if c.linear_correction == "ridge" and c.learner != "causal_forest":
         bad("cate.linear_correction", "'none' with cate.learner dr_forest (the correction is a causal forest "
             "final stage)", c.linear_correction, "use learner causal_forest or linear_correction none")
     if c.folds < 2:

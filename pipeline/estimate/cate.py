@@ -39,6 +39,11 @@ OVERLAP_WARN = 0.05
 AUTO_MIN_CLUSTERS = 8  # linear_correction auto: fewer training clusters than this keep the forest alone
 
 
+def corrects(cfg) -> bool:
+    """Whether the final stage may get a linear correction (causal forest learner, correction not ``none``)."""
+    return cfg.linear_correction != "none" and cfg.learner == "causal_forest"
+
+
 class KnownPropensity(ClassifierMixin, BaseEstimator):
     """A 'classifier' that returns the trial's known assignment probability for every unit."""
 
@@ -474,7 +479,8 @@ class CausalForestCATE(BaseEstimator):
     Predictions are summed on one thread, so fitted estimators are bitwise reproducible for a
     ``random_state`` whatever ``n_jobs``.
 
-    Defaults are those of the ``cate`` params section (:class:`pipeline.core.config.CateConfig`).
+    Defaults are those of the ``cate`` params section (:class:`pipeline.core.config.CateConfig`);
+    ``linear_correction='none'`` gives econml's ``CausalForestDML``, the reference learner.
 
     Args:
         learner: ``causal_forest`` or ``dr_forest``.
@@ -483,7 +489,8 @@ class CausalForestCATE(BaseEstimator):
         mtry: features tried per split: ``grf`` (grf's default, see :func:`mtry_features`), ``all`` or a number.
         nuisance_trees: trees of the outcome forest.
         propensity: known assignment probability, ``share`` or ``estimate``.
-        linear_correction: ``none``, ``ridge`` or ``auto``.
+        linear_correction: ``none``, ``ridge`` or ``auto`` (with ``dr_forest``: ``none`` or ``auto``, which
+            then means none).
         n_jobs: threads for fitting.
         random_state: seed of every random choice of the fit.
     """
@@ -517,7 +524,7 @@ class CausalForestCATE(BaseEstimator):
         if self.linear_correction not in LINEAR_CORRECTIONS:
             raise EstimationError("linear_correction", f"one of {', '.join(LINEAR_CORRECTIONS)}",
                                   repr(self.linear_correction), "pick one")
-        if self.learner == "dr_forest" and self.linear_correction != "none":
+        if self.learner == "dr_forest" and self.linear_correction == "ridge":
             raise EstimationError("linear_correction", "'none' with learner dr_forest (the correction is a causal "
                                   "forest final stage)", repr(self.linear_correction), "use causal_forest")
 
@@ -707,7 +714,7 @@ def crossfit_cate(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndar
     X = check_features(X)
     splits = training_splits(folds, scheme)
     check_design(Y, W, clusters, splits)
-    if nuisances is None and cfg.linear_correction != "none":  # the correction needs the residuals
+    if nuisances is None and corrects(cfg):  # the correction needs the residuals
         nuisances = fit_nuisances(X, Y, W, clusters, splits, cfg, seed)
     it = splits
     if progress:
@@ -810,7 +817,7 @@ def fit_fold(X: np.ndarray, Y: np.ndarray, W: np.ndarray, clusters: np.ndarray, 
         return FoldFit(tau_hat=tau, lower=lo, upper=hi, e_hat=np.broadcast_to(e_te, tau.shape).copy(),
                        m_hat=m_te if with_outcome_model else None, importance=None, correction=None)
     est = CausalForestCATE.from_config(cfg, seed + f)
-    if nuisance is None and cfg.linear_correction != "none":
+    if nuisance is None and corrects(cfg):
         nuisance = fold_nuisances(X, Y, W, groups, f, tr, te, cfg, seed)
     if nuisance is not None:
         m_tr, e_tr, m_te, e_te = nuisance
