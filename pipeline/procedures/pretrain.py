@@ -136,8 +136,10 @@ def pretrain_encoders(chips: dict[str, np.ndarray], cfg: PretrainConfig, seed: i
                                  weight_decay=cfg.weight_decay, projector_dim=cfg.projector_dim, aug=aug, seed=seed,
                                  device=dev)
         state = {k: v.detach().cpu().contiguous() for k, v in enc.model.state_dict().items()}
-        write_with(paths.weights(name), lambda t: save_file(state, str(t), metadata={"encoder": name,
-                                                                                      "method": cfg.method}))
+        # one metadata key: safetensors writes a metadata map in no fixed order, so two keys made the file's bytes
+        # (and DVC's hash of the stage) change from run to run with identical tensors
+        write_with(paths.weights(name), lambda t: save_file(state, str(t),
+                                                            metadata={"pretrained": f"{name} {cfg.method}"}))
         _loss_figure(result.losses, f"{name}: VICReg on {sum(len(a) for a in chips.values()):,} chips",
                      paths.loss_png(name))
         first, last = float(np.mean(result.losses[:10])), float(np.mean(result.losses[-10:]))
