@@ -411,3 +411,52 @@ def test_calibration_test_500_null_replications_sequential_calibrated_pooled_not
     seq, pooled = _calibration_rejections(500, seed=22)
     print(f"sequential {seq:.3f}, pooled K-fold {pooled:.3f}")
     assert 0.03 <= seq <= 0.07, seq
+
+
+def _forest_null_replication(r: int, n_clusters: int = 80, se: str = "cr3"):
+    """One null trial evaluated as the evaluate stage does, with the project's causal forests: two 'scales' of
+    three features each and their join, nuisances fitted once per fold on the join and shared, sequential
+    cross-fitting, clusters of 1-30 units. Returns the p-values of the single-set RATE test of the join, the
+    paired test of the join against the single scale chosen on earlier folds, and the calibration test."""
+    from pipeline.core.config import CateConfig
+    from pipeline.estimate.cate import crossfit_cate, dr_scores, fit_nuisances, make_folds, training_splits
+    from pipeline.estimate.inference import (
+        paired_against_earlier_choice,
+        sequential_calibration_test,
+        sequential_rate,
+    )
+
+    rng = np.random.default_rng(1000 + r)
+    sizes = np.minimum(rng.geometric(0.15, n_clusters), 30)
+    clusters = np.repeat(np.arange(n_clusters), sizes)
+    n = len(clusters)
+    Xa, Xb = rng.normal(size=(n, 3)), rng.normal(size=(n, 3))
+    W = np.repeat(rng.permutation(np.arange(n_clusters) % 2), sizes)
+    Y = Xa[:, 0] + 0.5 * Xb[:, 0] + np.repeat(rng.normal(0, 0.5, n_clusters), sizes) + rng.normal(size=n) + W
+    cfg = CateConfig(n_estimators=40, nuisance_trees=20, n_jobs=1, propensity=0.5)
+    folds = make_folds(clusters, 5, seed=r, treatment=W)
+    sets = {"a": Xa, "b": Xb, "all": np.hstack([Xa, Xb])}
+    shared = fit_nuisances(sets["all"], Y, W, clusters, training_splits(folds, "sequential"), cfg, r)
+    fits = {name: crossfit_cate(X, Y, W, clusters, folds, cfg, r + 7, with_outcome_model=name == "all",
+                                scheme="sequential", nuisances=shared) for name, X in sets.items()}
+    ref = fits["all"]
+    ok = np.isfinite(ref.tau_hat)
+    scores = np.full(n, np.nan)
+    scores[ok] = dr_scores(Y[ok], W[ok], ref.tau_hat[ok], ref.m_hat[ok], ref.e_hat[ok])
+    single = sequential_rate(scores, ref.tau_hat, clusters, folds, n_boot=200, seed=r).p_value()
+    paired = paired_against_earlier_choice(scores, ref.tau_hat, {k: fits[k].tau_hat for k in ("a", "b")}, clusters,
+                                           folds, targets=["AUTOC"], n_boot=200, seed=r)
+    calib = sequential_calibration_test(scores, ref.tau_hat, clusters, folds, se=se)["differential_p_one_sided"]
+    return single, paired["AUTOC"].p_value() if "AUTOC" in paired else float("nan"), calib
+
+
+@pytest.mark.slow
+def test_whole_evaluation_with_forests_is_calibrated_under_unequal_clusters():
+    """400 null replications with the project's forests and clusters of 1-30 units (about 15 minutes on 2
+    cores): the single-set RATE test, the paired test against the single scale chosen on earlier folds and the
+    calibration test each reject within [3 %, 8 %] at the 5 % level (measured: 3.75 %, 4.25 %, 4.75 %)."""
+    p = np.array([_forest_null_replication(r) for r in range(400)])
+    rates = np.nanmean(p < 0.05, axis=0)
+    print(f"rejection at 5 %: single-set RATE {rates[0]:.3f}, paired {rates[1]:.3f}, calibration {rates[2]:.3f}")
+    assert np.isfinite(p).mean() > 0.95  # a paired test has no comparator only when no single scale has a ratio
+    assert all(0.03 <= x <= 0.08 for x in rates), rates

@@ -192,7 +192,7 @@ def _ols_cluster_jackknife(y: np.ndarray, D: np.ndarray, clusters) -> tuple[np.n
     return beta, np.sqrt((g - 1) / g * np.sum((loo - loo.mean(axis=0)) ** 2, axis=0))
 
 
-def sequential_calibration_test(scores, tau_hat, clusters, folds) -> dict:
+def sequential_calibration_test(scores, tau_hat, clusters, folds, se: str = "cr3") -> dict:
     r"""Best-linear-predictor calibration test from sequential cross-fitting, calibrated where the pooled
     K-fold test (:func:`calibration_test`) is not.
 
@@ -214,10 +214,13 @@ def sequential_calibration_test(scores, tau_hat, clusters, folds) -> dict:
         tau_hat: sequential CATEs (NaN where not evaluated).
         clusters: cluster labels.
         folds: fold of each unit.
+        se: ``cr3`` (cluster jackknife, the default) or ``cr1`` (cluster-robust sandwich) within each fold.
 
     Returns:
         the two coefficients, their SEs, the one-sided p-value of "differential > 0", and per-fold values.
     """
+    if se not in ("cr3", "cr1"):
+        raise ValueError(f"se must be 'cr3' or 'cr1', not {se!r}")  # programming error, not user input
     scores = np.asarray(scores, dtype=np.float64)
     tau_hat = np.asarray(tau_hat, dtype=np.float64)
     clusters, folds = np.asarray(clusters), np.asarray(folds)
@@ -229,12 +232,12 @@ def sequential_calibration_test(scores, tau_hat, clusters, folds) -> dict:
         if np.ptp(t) <= 1e-12 * max(1.0, np.abs(t).max()) or len(np.unique(clusters[m])) < 2:
             continue
         mean_t = t.mean()
-        beta, se = _ols_cluster_jackknife(scores[m], np.column_stack([np.full(len(t), mean_t), t - mean_t]),
-                                          clusters[m])
-        if np.all(np.isfinite(se)):
+        ols = _ols_cluster_jackknife if se == "cr3" else _ols_cr1
+        beta, err = ols(scores[m], np.column_stack([np.full(len(t), mean_t), t - mean_t]), clusters[m])
+        if np.all(np.isfinite(err)):
             per_fold.append({"fold": int(f) if np.issubdtype(type(f), np.integer) else str(f),
-                             "mean_prediction": float(beta[0]), "mean_prediction_se": float(se[0]),
-                             "differential_prediction": float(beta[1]), "differential_prediction_se": float(se[1]),
+                             "mean_prediction": float(beta[0]), "mean_prediction_se": float(err[0]),
+                             "differential_prediction": float(beta[1]), "differential_prediction_se": float(err[1]),
                              "n": int(m.sum())})
     out = {"scheme": "sequential", "folds": per_fold}
     if not per_fold:
@@ -246,8 +249,8 @@ def sequential_calibration_test(scores, tau_hat, clusters, folds) -> dict:
     for key in ("mean_prediction", "differential_prediction"):
         comb[key] = float(np.mean([r[key] for r in per_fold]))
         comb[key + "_se"] = float(np.sqrt(np.sum([r[key + "_se"] ** 2 for r in per_fold])) / k)
-    se = comb["differential_prediction_se"]
-    p = float(stats.norm.sf(comb["differential_prediction"] / se)) if se > 0 else float("nan")
+    sd = comb["differential_prediction_se"]
+    p = float(stats.norm.sf(comb["differential_prediction"] / sd)) if sd > 0 else float("nan")
     return {**comb, "differential_p_one_sided": p, **out}
 
 
