@@ -32,14 +32,9 @@ RULES = ("mean", "training-size", "tsum", "ivw", "burn-in")
 
 def simulate(rng, n_clusters: int, hetero: float, p: int = 5):
     """Village-randomized trial: cluster sizes 1-54 (geometric), half the clusters treated, tau = 1 + h x1."""
-    sizes = np.minimum(rng.geometric(0.15, n_clusters), 54)
-    clusters = np.repeat(np.arange(n_clusters), sizes)
-    n = len(clusters)
-    X = rng.normal(size=(n, p))
-    W = np.repeat(rng.permutation(np.arange(n_clusters) % 2), sizes)
-    tau = 1.0 + hetero * X[:, 1]
-    Y = X[:, 0] + np.repeat(rng.normal(0, 0.5, n_clusters), sizes) + rng.normal(size=n) + tau * W
-    return X, Y, W, clusters
+    from pipeline.estimate.inference import simulated_cluster_trial
+
+    return simulated_cluster_trial(rng, n_clusters, p, hetero, size_p=0.15, max_size=54)
 
 
 def sequential_scores(X, Y, W, clusters, folds):

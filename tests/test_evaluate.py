@@ -313,14 +313,9 @@ def test_gates_on_a_tiny_trial_skip_groups_of_one_cluster():
 
 def _unequal_trial(rng, n_clusters=120, p=5, hetero=0.0):
     """Clusters of very unequal size (1 to 30 units, Uganda's locations hold 1-54), treatment by cluster."""
-    sizes = np.minimum(rng.geometric(0.12, n_clusters), 30)
-    clusters = np.repeat(np.arange(n_clusters), sizes)
-    n = len(clusters)
-    X = rng.normal(size=(n, p))
-    W = np.repeat(rng.permutation(np.arange(n_clusters) % 2), sizes)
-    tau = 1.0 + hetero * X[:, 1]
-    Y = X[:, 0] + np.repeat(rng.normal(0, 0.5, n_clusters), sizes) + rng.normal(size=n) + tau * W
-    return X, Y, W, clusters
+    from pipeline.estimate.inference import simulated_cluster_trial
+
+    return simulated_cluster_trial(rng, n_clusters, p, hetero, size_p=0.12, max_size=30)
 
 
 def _sequential_calibration(rng, r, hetero=0.0):
