@@ -127,7 +127,7 @@ def test_uganda_subset_end_to_end(tmp_path):
     p["data"]["root"] = str(UGANDA)
     p["data"]["units"] = str(tmp_path / "subset.csv")
     p["data"]["scenes"] = [f"chips_351px/GeoKey{k}.tif" for k in keys]
-    p["embed"]["encoders"] = ["spectral"]
+    p["embed"]["encoders"] = list(p["features"]["encoders"])  # the encoders the study joins (no pretraining here)
     params, out = run_small(p, tmp_path)
     report = json.loads((out / "prepare" / "ingest.json").read_text())
     assert report["n_locations"] == 24
