@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_raster
 
 from models import create_encoder
 from models.errors import EncoderError
@@ -16,7 +17,6 @@ from models.ssl import AugmentSpec, augment, pretrain_vicreg, vicreg_loss
 from pipeline.core.config import config_from_dict
 from pipeline.core.errors import ConfigError
 from pipeline.core.layout import StudyLayout
-from tests.conftest import write_raster
 
 
 def _vicreg_reference(z1, z2, sim=25.0, var=25.0, cov=1.0):
