@@ -447,7 +447,7 @@ def _forest_null_replication(r: int, n_clusters: int = 80, se: str = "cr3"):
 
 @pytest.mark.slow
 def test_whole_evaluation_with_forests_is_calibrated_under_unequal_clusters():
-    """400 null replications with the project's forests and clusters of 1-30 units (about 15 minutes on 2
+    """400 null replications with the project's forests and clusters of 1-30 units (about 10 minutes on 2
     cores): the single-set RATE test, the paired test against the single scale chosen on earlier folds and the
     calibration test each reject within [3 %, 8 %] at the 5 % level (measured: 3.75 %, 4.25 %, 4.75 %)."""
     p = np.array([_forest_null_replication(r) for r in range(400)])
