@@ -37,19 +37,12 @@ def simulate(rng, n_clusters: int, hetero: float, p: int = 5):
     return simulated_cluster_trial(rng, n_clusters, p, hetero, size_p=0.15, max_size=54)
 
 
-def sequential_scores(X, Y, W, clusters, folds):
+def sequential_scores(X, Y, W, folds):
     """Sequential CATEs (ridge T-learner) and DR scores: fold k from models fitted on folds before k."""
-    from sklearn.linear_model import Ridge
+    from pipeline.estimate.cate import dr_scores
+    from pipeline.estimate.inference import ridge_t_learner
 
-    from pipeline.estimate.cate import dr_scores, training_splits
-
-    tau = np.full(len(Y), np.nan)
-    m = np.full(len(Y), np.nan)
-    for _, tr, te in training_splits(folds, "sequential"):
-        m1 = Ridge(1.0).fit(X[tr & (W == 1)], Y[tr & (W == 1)])
-        m0 = Ridge(1.0).fit(X[tr & (W == 0)], Y[tr & (W == 0)])
-        tau[te] = m1.predict(X[te]) - m0.predict(X[te])
-        m[te] = Ridge(1.0).fit(X[tr], Y[tr]).predict(X[te])
+    tau, m = ridge_t_learner(X, Y, W, folds, "sequential")
     ok = np.isfinite(tau)
     scores = np.full(len(Y), np.nan)
     scores[ok] = dr_scores(Y[ok], W[ok], tau[ok], m[ok], 0.5)
@@ -80,7 +73,7 @@ def run(reps: int, n_clusters: int, hetero: float, seed: int, n_boot: int, p: in
     for r in range(reps):
         X, Y, W, clusters = simulate(rng, n_clusters, hetero, p)
         folds = make_folds(clusters, 5, seed=r)
-        tau, scores = sequential_scores(X, Y, W, clusters, folds)
+        tau, scores = sequential_scores(X, Y, W, folds)
         res = sequential_rate(scores, tau, clusters, folds, n_boot=n_boot, seed=r)
         est, se = np.array(res.fold_estimates), np.array(res.fold_std_errs)
         fold_se.append(se / se[1:].mean())

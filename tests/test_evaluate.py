@@ -57,18 +57,9 @@ def _null_trial(rng, n_clusters=100, per=4, p=5):
 
 def _ridge_t_learner(X, Y, W, clusters, folds, scheme):
     """A cheap CATE learner (ridge T-learner) and outcome model, cross-fitted like pipeline.estimate.cate."""
-    from sklearn.linear_model import Ridge
+    from pipeline.estimate.inference import ridge_t_learner
 
-    from pipeline.estimate.cate import training_splits
-
-    tau = np.full(len(Y), np.nan)
-    m = np.full(len(Y), np.nan)
-    for _, tr, te in training_splits(folds, scheme):
-        m1 = Ridge(1.0).fit(X[tr & (W == 1)], Y[tr & (W == 1)])
-        m0 = Ridge(1.0).fit(X[tr & (W == 0)], Y[tr & (W == 0)])
-        tau[te] = m1.predict(X[te]) - m0.predict(X[te])
-        m[te] = Ridge(1.0).fit(X[tr], Y[tr]).predict(X[te])
-    return tau, m
+    return ridge_t_learner(X, Y, W, folds, scheme)
 
 
 def _rejection_rate(reps, scheme, seed=11):

@@ -495,8 +495,8 @@ def _check_ranges(cfg: Config, source: str) -> None:
             "use 0")
     c = cfg.cate
     if c.linear_correction == "ridge" and c.learner != "causal_forest":
-        bad("cate.linear_correction", "'none' with cate.learner dr_forest (the correction is a causal forest "
-            "final stage)", c.linear_correction, "use learner causal_forest or linear_correction none")
+        bad("cate.linear_correction", "'none' or 'auto' with cate.learner dr_forest (the correction is a causal "
+            "forest final stage)", c.linear_correction, "use learner causal_forest or linear_correction auto")
     if c.folds < 2:
         bad("cate.folds", "at least 2 folds", c.folds, "use e.g. 5")
     if c.n_estimators < 4 or c.n_estimators % 4:

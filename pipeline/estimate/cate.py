@@ -525,8 +525,8 @@ class CausalForestCATE(BaseEstimator):
             raise EstimationError("linear_correction", f"one of {', '.join(LINEAR_CORRECTIONS)}",
                                   repr(self.linear_correction), "pick one")
         if self.learner == "dr_forest" and self.linear_correction == "ridge":
-            raise EstimationError("linear_correction", "'none' with learner dr_forest (the correction is a causal "
-                                  "forest final stage)", repr(self.linear_correction), "use causal_forest")
+            raise EstimationError("linear_correction", "'none' or 'auto' with learner dr_forest (the correction is "
+                                  "a causal forest final stage)", repr(self.linear_correction), "use causal_forest")
 
     def fit(self, Y, T, *, X, W=None, groups=None, nuisances: tuple | None = None) -> "CausalForestCATE":
         """Fit on outcomes ``Y``, binary treatment ``T`` and features ``X``.

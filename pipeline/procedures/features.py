@@ -22,10 +22,9 @@ def location_embeddings(embed: EmbeddingPaths, encoders, scales, copies: dict, c
     reduced (:class:`ScaleReducer`: constant columns dropped, ``cfg.standardize``, ``cfg.pca`` or the
     encoder's ``cfg.encoder_pca`` entry), with its column names. Returns (embeddings, names, reduction info)."""
     embeddings, emb_names, reduction = {}, {}, {}
-    pca_of = {ep.encoder: ep.pca for ep in getattr(cfg, "encoder_pca", ())}
+    pca_of = {ep.encoder: (ep.pca, f"features.encoder_pca[{i}].pca") for i, ep in enumerate(cfg.encoder_pca)}
     for enc in encoders:
-        pca = pca_of.get(enc, cfg.pca)
-        key = (f"features.encoder_pca[{list(pca_of).index(enc)}].pca" if enc in pca_of else "features.pca")
+        pca, key = pca_of.get(enc, (cfg.pca, "features.pca"))
         names_path = require(embed.feature_names(enc), f"embeddings of encoder {enc!r} (list it under embed.encoders)")
         for s in scales:
             emb = read_npy(embed.array(enc, s))
