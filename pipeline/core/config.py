@@ -282,6 +282,31 @@ class ScalingConfig:
 
 
 @dataclass(frozen=True)
+class QualityConfig:
+    """Scaling strategies measured on quality: every scaled encoder is pretrained (VICReg) with the same number
+    of images seen on chips of a simulated texture-design scene, then scored by a cross-validated linear probe
+    on targets that use no trial outcome (land-cover fractions and strip orientation of a chip; the
+    compactness of the built-up pixels around a village)."""
+
+    bases: tuple[str, ...] = opt(("vit_tiny", "resnet_tiny"), "encoder presets to grow (vit/resnet families)")
+    strategies: tuple[str, ...] = opt(("d", "w", "r", "dw", "dwr", "dWr"), "among " + ", ".join(STRATEGIES))
+    factors: tuple[float, ...] = opt((1.0, 2.0, 4.0), "FLOPs factors, including 1 (the base)")
+    scene_px: int = opt(512, "side of the simulated texture-design scene, pixels of 30 m")
+    n_villages: int = opt(200, "villages of the scene (fine probe: built-up compactness around each)")
+    coarse_px: int = opt(64, "coarse chip window, native pixels (64 px = 1.92 km)")
+    fine_px: int = opt(16, "fine chip window around villages, native pixels (16 px = 480 m)")
+    train_chips: int = opt(2048, "pretraining chips per window size, at random positions")
+    probe_chips: int = opt(1024, "coarse probe chips at other random positions")
+    steps: int = opt(150, "optimiser steps on the CPU (images seen = steps x batch_size, equal for every model)")
+    gpu_steps: int = opt(0, "optimiser steps on a GPU (0: the same as steps)")
+    batch_size: int = opt(64, "chips per step (two views each)")
+    lr: float = opt(0.001, "peak AdamW learning rate")
+    probe_folds: int = opt(5, "cross-validation folds of the linear probe")
+    seeds: tuple[int, ...] = opt((0,), "pretraining seeds per model (errors averaged; their spread reported)")
+    device: str = opt("auto", "auto (cuda when available), cpu or cuda[:N]")
+
+
+@dataclass(frozen=True)
 class ExtrapolateConfig:
     """Scales available at locations without units, for transportability predictions."""
 
@@ -312,6 +337,8 @@ class Config:
     cate: CateConfig = opt(doc="cross-fitted causal forests", factory=CateConfig)
     evaluate: EvaluateConfig = opt(doc="RATE and inference", factory=EvaluateConfig)
     scaling: ScalingConfig = opt(doc="the scaling-strategy study", factory=ScalingConfig)
+    quality: QualityConfig = opt(doc="the scaling study's quality part (probe error against compute)",
+                                 factory=QualityConfig)
     compute: ComputeConfig = opt(doc="where tiling, embedding and the forests run", factory=ComputeConfig)
     extrapolate: ExtrapolateConfig = opt(doc="predictions at locations without units", factory=ExtrapolateConfig)
 
@@ -538,6 +565,25 @@ def _check_ranges(cfg: Config, source: str) -> None:
     for st in sc.strategies:
         if st not in STRATEGIES:
             bad("scaling.strategies", f"names among {', '.join(STRATEGIES)}", st, "fix the name")
+    q = cfg.quality
+    if any(f <= 0 for f in q.factors) or 1.0 not in q.factors:
+        bad("quality.factors", "positive FLOPs factors including 1 (the base)", list(q.factors), "e.g. [1, 2, 4]")
+    for st in q.strategies:
+        if st not in STRATEGIES:
+            bad("quality.strategies", f"names among {', '.join(STRATEGIES)}", st, "fix the name")
+    if not (0 < q.fine_px <= q.scene_px // 4 and 0 < q.coarse_px <= q.scene_px // 4):
+        bad("quality.coarse_px/fine_px", f"windows of 1 to scene_px / 4 ({q.scene_px // 4}) pixels",
+            [q.coarse_px, q.fine_px], "lower the windows or enlarge quality.scene_px")
+    if q.steps < 1 or q.batch_size < 2 or q.gpu_steps < 0:
+        bad("quality.steps/batch_size", "steps >= 1, gpu_steps >= 0 and batch_size >= 2",
+            [q.steps, q.gpu_steps, q.batch_size], "raise them")
+    if q.probe_folds < 2 or not q.seeds:
+        bad("quality.probe_folds/seeds", "at least 2 folds and one seed", [q.probe_folds, list(q.seeds)],
+            "use probe_folds: 5, seeds: [0]")
+    if q.train_chips < q.batch_size or q.probe_chips < 4 * q.probe_folds or q.n_villages < 4 * q.probe_folds:
+        bad("quality.train_chips/probe_chips/n_villages",
+            "train_chips >= batch_size and at least 4 probe chips and villages per probe fold",
+            [q.train_chips, q.probe_chips, q.n_villages], "raise them")
     for t in cfg.evaluate.targets:
         if t not in TARGETS:
             bad("evaluate.targets", " and/or ".join(TARGETS), t, f"use {' or '.join(TARGETS)}")

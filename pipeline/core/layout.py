@@ -200,6 +200,25 @@ class ScalingPaths:
 
 
 @dataclass(frozen=True)
+class QualityPaths:
+    """The scaling study's quality part: probe error of every scaled, pretrained encoder."""
+
+    root: Path
+
+    @property
+    def table(self) -> Path:
+        return self.root / "table.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def figure(self, against: str) -> Path:
+        """``against``: ``flops`` or ``time`` (probe error against pretraining FLOPs or wall time)."""
+        return self.root / f"error_vs_{against}.png"
+
+
+@dataclass(frozen=True)
 class ExtrapolationPaths:
     """CATE predictions at locations without units, and the intermediate chip store and embeddings."""
 
@@ -302,6 +321,10 @@ class StudyLayout:
     @property
     def scaling(self) -> ScalingPaths:
         return ScalingPaths(self.out / "scaling")
+
+    @property
+    def quality(self) -> QualityPaths:
+        return QualityPaths(self.out / "quality")
 
     @property
     def extrapolate(self) -> ExtrapolationPaths:
@@ -440,19 +463,27 @@ SCALING_STAGE = StageSpec(
     kinds=("scaling",), metrics=lambda L: [L.scaling.metrics],
     plots=lambda L: [(L.scaling.figure("acts"), {}), (L.scaling.figure("time"), {})])
 
+QUALITY_STAGE = StageSpec(
+    "quality", "pretrain every scaled encoder with equal images seen; linear-probe error against FLOPs and time",
+    ("seed", "quality"), ("pipeline/procedures/quality.py", "pipeline/procedures/simulate.py",
+                          "pipeline/imagery/embedding.py", "pipeline/report/figures.py", "models", "configs/encoders"),
+    lambda L, k: [], lambda L: [(L.quality.table, _no_cache())],
+    kinds=("scaling",), metrics=lambda L: [L.quality.metrics],
+    plots=lambda L: [(L.quality.figure("flops"), {}), (L.quality.figure("time"), {})])
+
 EXTRAPOLATE_STAGE = StageSpec(
     "extrapolate", "CATE at locations without units, from the scales available there (labelled)",
     ("seed", "tile", "embed", "features", "cate", "extrapolate"), ("pipeline/procedures/extrapolate.py",),
     lambda L, k: [L.nonexperimental, L.units, L.tile.root, L.embed.root, L.cate.root],
     lambda L: [(L.extrapolate.table, {}), (L.extrapolate.map_png, _no_cache())], kinds=())
 
-STAGE_MODULES = tuple(s.name for s in STAGES) + (SCALING_STAGE.name, EXTRAPOLATE_STAGE.name)
+STAGE_MODULES = tuple(s.name for s in STAGES) + (SCALING_STAGE.name, QUALITY_STAGE.name, EXTRAPOLATE_STAGE.name)
 """Every stage that has an entry point ``python -m pipeline.stages.<name>``."""
 
 
 def study_stages(kind: str) -> tuple[StageSpec, ...]:
     """The stages of a study of ``kind`` (``simulation``, ``real`` or ``scaling``), in order."""
-    return tuple(s for s in (*STAGES, SCALING_STAGE) if kind in s.kinds)
+    return tuple(s for s in (*STAGES, SCALING_STAGE, QUALITY_STAGE) if kind in s.kinds)
 
 
 def stage_command(name: str, extra: str = "") -> str:
@@ -490,7 +521,7 @@ def report_stage(title: str, code_root: str | None, inputs: str = "study") -> di
     L = StudyLayout("out")
     code = [f"{code_root}/pipeline/report/document.py", f"{code_root}/pipeline/report/figures.py"] if code_root \
         else []
-    reads = [L.evaluate.metrics, L.cate.root] if inputs == "study" else [L.scaling.metrics]
+    reads = [L.evaluate.metrics, L.cate.root] if inputs == "study" else [L.scaling.metrics, L.quality.metrics]
     html = L.relative(L.report_html)
     return {"cmd": f'python -m pipeline.cli report . --html {html} --title "{title}"',
             "deps": code + [L.relative(p) for p in reads],

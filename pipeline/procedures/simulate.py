@@ -24,7 +24,7 @@ must separate prognostic from effect-modifying image content.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
@@ -61,6 +61,10 @@ class SimulatedStudy:
     crs: str
     units: gpd.GeoDataFrame
     truth: pd.DataFrame  # unit_id, location_id, tau, f_fine, f_coarse
+    # per-pixel land cover of the texture design (built, crop, water masks; orientation = cos(2 theta) of the
+    # field strips), and the villages' pixel corners (rows, cols): the scaling study's probe targets
+    landcover: dict[str, np.ndarray] = field(default_factory=dict)
+    villages_px: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
@@ -98,7 +102,7 @@ def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndar
     degrees, so strips always cover whole pixels) within farming regions (Voronoi cells about 6 km across),
     ``f_coarse`` = cos(2 theta) averaged over the coarse window (1: all east-west, -1: all north-south).
     Per-band histograms of a window, and so spectral statistics, do not change with either modifier.
-    Returns (built mask, crop mask, f_fine, f_coarse)."""
+    Returns (built mask, crop mask, f_fine, f_coarse, cos(2 theta) per pixel)."""
     size = shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
     # orientation constant within farming regions (Voronoi cells about 6 km across), straight strips inside
@@ -131,8 +135,9 @@ def _texture_landscape(rng: np.random.Generator, rows: np.ndarray, cols: np.ndar
         block[np.asarray(chosen, dtype=int)] = True
         built[r0:r1, c0:c1] |= block.reshape(dist.shape)
     built &= ~water
-    f_coarse = _window_mean(np.cos(2 * theta), rows, cols, coarse_half)
-    return built, crop, f_fine, f_coarse
+    orientation = np.cos(2 * theta)
+    f_coarse = _window_mean(orientation, rows, cols, coarse_half)
+    return built, crop, f_fine, f_coarse, orientation
 
 
 def simulate_study(cfg: SimulateConfig, seed: int) -> SimulatedStudy:
@@ -225,8 +230,8 @@ def _texture_study(cfg: SimulateConfig, rng, rows, cols, veg_frac, water) -> Sim
     equal built-up share, water as in the shares design; the CATE follows arrangement and orientation."""
     res = cfg.pixel_m
     shape = (cfg.scene_px, cfg.scene_px)
-    built, crop, f_fine, f_coarse = _texture_landscape(rng, rows, cols, shape, res, water,
-                                                       int(round(cfg.coarse_window_m / res / 2)))
+    built, crop, f_fine, f_coarse, orientation = _texture_landscape(rng, rows, cols, shape, res, water,
+                                                                    int(round(cfg.coarse_window_m / res / 2)))
     refl = np.where(crop[None], SPECTRA["vegetation"][:, None, None], SPECTRA["soil"][:, None, None])
     for mask, name in ((built, "built"), (water, "water")):
         refl[:, mask] = SPECTRA[name][:, None]
@@ -236,7 +241,10 @@ def _texture_study(cfg: SimulateConfig, rng, rows, cols, veg_frac, water) -> Sim
     # villages at pixel corners: every window (240 m = 8 px, 960 m = 32 px, 3.84 km = 128 px) covers whole
     # native pixels, so resampling never mixes a built-up pixel with its neighbours (which would let per-band
     # statistics see the arrangement through the mixed values)
-    return _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse, centre=0.0)
+    study = _trial(cfg, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse, centre=0.0)
+    study.landcover = {"built": built, "crop": crop, "water": water, "orientation": orientation}
+    study.villages_px = (rows, cols)
+    return study
 
 
 def _trial(cfg: SimulateConfig, rng, rows, cols, tau_loc, veg_loc, refl, f_fine, f_coarse,

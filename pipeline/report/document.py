@@ -273,6 +273,31 @@ def _scaling_sections(out) -> tuple[list[str], list[str]]:
     return parts, ["## Model scaling: complexity and speed", _md_table(headers, rows)]
 
 
+def _quality_sections(out) -> tuple[list[str], list[str]]:
+    """HTML and Markdown sections of the scaling study's quality part (probe error against compute)."""
+    paths = StudyLayout(out).quality
+    m = json.loads(paths.metrics.read_text())
+    rows = []
+    for base, v in m["verdict"].items():
+        for st, t in v["seconds_to_target"].items():
+            f = v["flops_to_target"][st]
+            rows.append((base, st, _fmt(v["best_error"][st], 3), _fmt(v["target_error"], 3),
+                         "not reached" if t is None else _fmt(t, 1), "not reached" if f is None else _fmt(f / 1e6, 1),
+                         "yes" if st == v["fastest"] else ""))
+    headers = ("base", "strategy", "best probe error", "target error", f"seconds to target ({m.get('device', '')})",
+               "MFLOPs to target", "fastest")
+    refs = ", ".join(f"{k} {_fmt(v, 3)}" for k, v in m.get("references", {}).items())
+    intro = (f"Every model pretrained with {m.get('images_seen', 0):,} images (VICReg), then a cross-validated ridge "
+             f"probe on targets without trial outcomes ({', '.join(m.get('targets', []))}); error = 1 - R², mean "
+             f"of targets. References: {refs}. Seeds: {m.get('seeds')}.")
+    parts = ["<h2>Model scaling: probe error against compute</h2>", f"<p>{html.escape(intro)}</p>",
+             _table(headers, rows)]
+    for against, alt in (("flops", "probe error against FLOPs"), ("time", "probe error against time")):
+        if paths.figure(against).exists():
+            parts.append(f'<img alt="{alt}" src="{_img(paths.figure(against))}">')
+    return parts, ["## Model scaling: probe error against compute", md_escape(intro), _md_table(headers, rows)]
+
+
 def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report",
                  params: str | os.PathLike | None = None):
     """Write one self-contained HTML report (images embedded, no JavaScript) and a Markdown summary
@@ -285,11 +310,13 @@ def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "
         check_current(out, params)
     has_study = layout.evaluate.metrics.exists()
     has_scaling = layout.scaling.metrics.exists()
-    if not (has_study or has_scaling):
+    has_quality = layout.quality.metrics.exists()
+    if not (has_study or has_scaling or has_quality):
         raise ArtifactError(str(out), "an evaluated study (evaluate/metrics.json) or a scaling study",
                             "neither", "run the study first (dvc repro or mscate run)")
     parts, md = [f"<h1>{html.escape(title)}</h1>"], [f"# {md_escape(title)}"]
-    for present, sections in ((has_study, _study_sections), (has_scaling, _scaling_sections)):
+    for present, sections in ((has_study, _study_sections), (has_scaling, _scaling_sections),
+                              (has_quality, _quality_sections)):
         if present:
             p, m = sections(out)
             parts += p

@@ -51,6 +51,38 @@ def plot_scaling(table: pd.DataFrame, kind: str, path: str | os.PathLike) -> Non
     plt.close(fig)
 
 
+def plot_quality(table: pd.DataFrame, metrics: dict, against: str, path: str | os.PathLike) -> None:
+    """Probe error of every scaled, pretrained encoder against its FLOPs (``against='flops'``) or its
+    pretraining wall time (``'time'``), one line per strategy from the base (s = 1) up; dashed: spectral
+    statistics and the base's random initialisation; dotted: the common target error of the verdict."""
+    x = "flops" if against == "flops" else "pretrain_s"
+    bases = [b for b in dict.fromkeys(table["base"]) if b != "-"]
+    fig, axes = plt.subplots(1, len(bases), figsize=(5.5 * len(bases), 4.2), dpi=120, squeeze=False)
+    spectral = metrics.get("references", {}).get("spectral")
+    for ax, b in zip(axes[0], bases):
+        g = table[table["base"] == b]
+        base = g[g["strategy"] == "base"]
+        for st in [s for s in dict.fromkeys(g["strategy"]) if s not in ("base", "init")]:
+            c = pd.concat([base, g[g["strategy"] == st]]).groupby("s")[[x, "error"]].mean().sort_index()
+            ax.plot(c[x], c["error"], marker="o", ms=3, label=st, lw=2.2 if st == "dWr" else 1.2)
+        init = metrics.get("references", {}).get(f"{b} init")
+        for val, lab, col in ((spectral, "spectral statistics", "0.4"), (init, "random init (s = 1)", "0.7")):
+            if val is not None:
+                ax.axhline(val, ls="--", lw=0.9, color=col, label=lab)
+        v = metrics.get("verdict", {}).get(b)
+        if v:
+            ax.axhline(v["target_error"], ls=":", lw=0.9, color="k", label="target error")
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs per image (multiply-adds)" if against == "flops"
+                      else f"pretraining wall time, s ({metrics.get('device', '')})")
+        ax.set_ylabel("linear-probe error (1 - cross-validated R², mean of targets)")
+        ax.set_title(f"{b}: {metrics.get('images_seen', 0):,} images seen per model", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def plot_cate_map(cate, path: str | os.PathLike, set_name: str) -> None:
     """Locations coloured by their mean CATE (one scale set), in longitude/latitude."""
     g = cate[cate["set"] == set_name]
