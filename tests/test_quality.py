@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.core.config import SimulateConfig, config_from_dict
+from pipeline.core.config import QualityConfig, SimulateConfig, config_from_dict
 from pipeline.core.errors import ConfigError
 from pipeline.procedures.quality import (
     _interp_crossing,
@@ -173,3 +173,19 @@ def test_small_quality_study_on_the_cpu_and_its_report(tmp_path):
         assert (root / f"error_vs_{against}.png").read_bytes()[:4] == b"\x89PNG"
     html = write_report(tmp_path / "out", tmp_path / "report.html", title="scaling").read_text()
     assert "probe error against compute" in html and html.count("data:image/png;base64,") == 2
+
+
+def test_models_that_rounding_makes_identical_are_trained_once_and_named(tmp_path):
+    """resnet_tiny (one block per stage, width 16) is too coarse for s = 2: dw rounds back to the base."""
+    from pipeline.procedures.quality import run_quality_study
+
+    cfg = QualityConfig(bases=("resnet_tiny",), strategies=("dw", "w"), factors=(1.0, 2.0), scene_px=192,
+                        n_villages=16, coarse_px=32, fine_px=8, train_chips=32, probe_chips=32, steps=2,
+                        batch_size=16, probe_folds=2, device="cpu")
+    m = run_quality_study(cfg, 0, tmp_path, progress=False)
+    t = pd.read_csv(tmp_path / "table.csv").fillna("")
+    dw = t[t["strategy"] == "dw"].iloc[0]
+    base = t[t["strategy"] == "base"].iloc[0]
+    assert dw["same_model_as"] == "base 1" and dw["error"] == base["error"] and dw["flops"] == base["flops"]
+    assert t[t["strategy"] == "w"].iloc[0]["same_model_as"] == ""
+    assert m["same_model"] == ["resnet_tiny dw 2 = base 1"]

@@ -288,9 +288,11 @@ class QualityConfig:
     on targets that use no trial outcome (land-cover fractions and strip orientation of a chip; the
     compactness of the built-up pixels around a village)."""
 
-    bases: tuple[str, ...] = opt(("vit_tiny", "resnet_tiny"), "encoder presets to grow (vit/resnet families)")
+    bases: tuple[str, ...] = opt(("vit_tiny",), "encoder presets to grow on the CPU (vit/resnet families)")
+    gpu_bases: tuple[str, ...] = opt(("vit_scaling_base", "resnet_scaling_base"), "presets to grow on a GPU")
     strategies: tuple[str, ...] = opt(("d", "w", "r", "dw", "dwr", "dWr"), "among " + ", ".join(STRATEGIES))
-    factors: tuple[float, ...] = opt((1.0, 2.0, 4.0), "FLOPs factors, including 1 (the base)")
+    factors: tuple[float, ...] = opt((1.0, 2.0, 4.0), "FLOPs factors on the CPU, including 1 (the base)")
+    gpu_factors: tuple[float, ...] = opt((1.0, 2.0, 4.0, 8.0), "FLOPs factors on a GPU, including 1")
     scene_px: int = opt(512, "side of the simulated texture-design scene, pixels of 30 m")
     n_villages: int = opt(200, "villages of the scene (fine probe: built-up compactness around each)")
     coarse_px: int = opt(64, "coarse chip window, native pixels (64 px = 1.92 km)")
@@ -566,8 +568,9 @@ def _check_ranges(cfg: Config, source: str) -> None:
         if st not in STRATEGIES:
             bad("scaling.strategies", f"names among {', '.join(STRATEGIES)}", st, "fix the name")
     q = cfg.quality
-    if any(f <= 0 for f in q.factors) or 1.0 not in q.factors:
-        bad("quality.factors", "positive FLOPs factors including 1 (the base)", list(q.factors), "e.g. [1, 2, 4]")
+    for key, factors in (("factors", q.factors), ("gpu_factors", q.gpu_factors)):
+        if any(f <= 0 for f in factors) or 1.0 not in factors:
+            bad(f"quality.{key}", "positive FLOPs factors including 1 (the base)", list(factors), "e.g. [1, 2, 4]")
     for st in q.strategies:
         if st not in STRATEGIES:
             bad("quality.strategies", f"names among {', '.join(STRATEGIES)}", st, "fix the name")

@@ -227,13 +227,16 @@ def run_quality_study(cfg: QualityConfig, seed: int, out_dir: str | os.PathLike,
     from ..imagery.embedding import choose_device
     from ..report.figures import plot_quality
 
-    presets = list_presets()
-    for b in cfg.bases:
-        if b not in presets or presets[b].get("family") not in ("vit", "resnet"):
-            raise ConfigError("quality.bases", "vit or resnet presets in configs/encoders/", repr(b),
-                              "use e.g. vit_tiny, resnet_tiny, vit_scaling_base or resnet_scaling_base")
     device = choose_device(cfg.device)
-    steps = cfg.gpu_steps if device.type == "cuda" and cfg.gpu_steps else cfg.steps
+    gpu = device.type == "cuda"
+    steps = cfg.gpu_steps if gpu and cfg.gpu_steps else cfg.steps
+    bases, factors = (cfg.gpu_bases, cfg.gpu_factors) if gpu else (cfg.bases, cfg.factors)
+    presets = list_presets()
+    for b in bases:
+        if b not in presets or presets[b].get("family") not in ("vit", "resnet"):
+            raise ConfigError("quality.gpu_bases" if gpu else "quality.bases",
+                              "vit or resnet presets in configs/encoders/", repr(b),
+                              "use e.g. vit_tiny, vit_scaling_base or resnet_scaling_base")
     data = probe_data(cfg, seed)
     bands = data.coarse.shape[1]
     pools = [torch.from_numpy(p) for p in data.train]
@@ -241,16 +244,18 @@ def run_quality_study(cfg: QualityConfig, seed: int, out_dir: str | os.PathLike,
     rows: list[dict] = []
     ref = score(create_encoder("spectral", in_chans=bands), data, cfg, seed, device)
     rows.append({"base": "-", "family": "spectral", "strategy": "spectral", "s": float("nan"), "seed": seed, **ref})
-    jobs = [(b, "base", 1.0) for b in cfg.bases] + [(b, st, s) for b in cfg.bases for st in cfg.strategies
-                                                  for s in cfg.factors if s != 1.0]
+    jobs = [(b, "base", 1.0) for b in bases] + [(b, st, s) for b in bases for st in cfg.strategies
+                                              for s in factors if s != 1.0]
     it = jobs
     if progress:
         from tqdm import tqdm
         it = tqdm(jobs, desc="quality", unit="model")
     done: dict[tuple, dict] = {}  # a scaled configuration that rounds to another's is trained once
+    owner: dict[tuple, str] = {}  # ... and the table names the first (strategy, s) that made it
     for b, st, s in it:
         sc = scale(presets[b], "d" if st == "base" else st, s)
         key = (b, repr(sorted(sc.config.items())))
+        same_as = owner.setdefault(key, f"{st} {s:g}")
         if st == "base":
             enc = build_family(dict(sc.config), bands, seed=seed)
             rows.append({"base": b, "family": sc.config["family"], "strategy": "init", "s": 1.0, "seed": seed,
@@ -267,15 +272,22 @@ def run_quality_study(cfg: QualityConfig, seed: int, out_dir: str | os.PathLike,
                                    "loss_last": float(np.mean(res.losses[-10:])),
                                    **score(enc, data, cfg, seed, device)}
             rows.append({"base": b, "family": sc.config["family"], "strategy": st, "s": float(s), "seed": sd,
-                         **done[(key, sd)], "config": repr(sc.config)})
+                         **done[(key, sd)], "config": repr(sc.config),
+                         "same_model_as": "" if same_as == f"{st} {s:g}" else same_as})
     table = pd.DataFrame(rows)
     table["device"] = str(device)
+    collapsed = sorted({f"{r['base']} {r['strategy']} {r['s']:g} = {r['same_model_as']}" for r in rows
+                        if r.get("same_model_as")})
+    if collapsed:
+        log.warning("quality: rounding made these scaled models identical to another (trained once): %s",
+                    "; ".join(collapsed))
     metrics = {"device": str(device), "steps": steps, "batch_size": cfg.batch_size,
-               "images_seen": steps * cfg.batch_size, "factors": list(cfg.factors), "seeds": list(cfg.seeds),
+               "images_seen": steps * cfg.batch_size, "bases": list(bases), "factors": list(factors),
+               "seeds": list(cfg.seeds), "same_model": collapsed,
                "targets": list(TARGET_NAMES), "verdict": verdict(table, cfg.strategies),
                "references": {"spectral": float(ref["error"]),
                               **{f"{b} init": float(table[(table["base"] == b) & (table["strategy"] == "init")]
-                                                    ["error"].iloc[0]) for b in cfg.bases}}}
+                                                    ["error"].iloc[0]) for b in bases}}}
     if len(cfg.seeds) > 1:
         sd = table[table["strategy"].isin(list(cfg.strategies) + ["base"])].groupby(
             ["base", "strategy", "s"])["error"].std()
