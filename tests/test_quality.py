@@ -133,7 +133,7 @@ def test_verdict_names_the_strategy_that_reaches_the_common_error_first():
     v = verdict(pd.DataFrame(rows), ["d", "dWr", "w"])["v"]
     assert v["target_error"] == pytest.approx(np.median([0.48, 0.45, 0.44, 0.40, 0.47, 0.42]))  # 0.445
     # dWr: 0.445 between 10 s (0.50) and 15 s (0.44); w: between 14 s (0.47) and 24 s (0.42); d never
-    assert v["fastest"] == "dWr" and v["dWr_fastest"]
+    assert v["fastest"] == "dWr" and v["dWr_fastest"] and v["fewest_flops"] == "dWr"
     assert v["seconds_to_target"]["d"] is None
     assert 10 < v["seconds_to_target"]["dWr"] < 15 < v["seconds_to_target"]["w"] < 24
 
@@ -173,6 +173,7 @@ def test_small_quality_study_on_the_cpu_and_its_report(tmp_path):
         assert (root / f"error_vs_{against}.png").read_bytes()[:4] == b"\x89PNG"
     html = write_report(tmp_path / "out", tmp_path / "report.html", title="scaling").read_text()
     assert "probe error against compute" in html and html.count("data:image/png;base64,") == 2
+    assert "pretraining images/s" in html
 
 
 def test_models_that_rounding_makes_identical_are_trained_once_and_named(tmp_path):

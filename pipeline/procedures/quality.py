@@ -187,7 +187,9 @@ def time_to_error(curves: dict[str, pd.DataFrame], target: float, x: str) -> dic
 
 def verdict(table: pd.DataFrame, strategies, reference: str = "dWr") -> dict:
     """Per base: the common target error (the median error of the scaled models, s > 1), every strategy's
-    pretraining time and FLOPs to reach it, the fastest strategy, and whether ``reference`` is it."""
+    pretraining time and FLOPs to reach it, the fastest strategy (wall time: noisy between runs on a shared
+    machine) and the one needing the fewest FLOPs per image (deterministic), and whether ``reference`` is
+    the fastest."""
     out = {}
     models = table[table["strategy"].isin(list(strategies) + ["base"])]
     for b, g in models.groupby("base", sort=False):
@@ -204,10 +206,12 @@ def verdict(table: pd.DataFrame, strategies, reference: str = "dWr") -> dict:
         f = time_to_error(curves, target, "flops")
         finite = {k: v for k, v in t.items() if v is not None}
         fastest = min(finite, key=finite.get) if finite else None
+        reached = {k: v for k, v in f.items() if v is not None}
         base_err = float(base_row["error"].mean())
         best = {st: float(c["error"].min()) for st, c in curves.items()}
         out[b] = {"target_error": target, "base_error": base_err, "best_error": best,
                   "seconds_to_target": t, "flops_to_target": f, "fastest": fastest,
+                  "fewest_flops": min(reached, key=reached.get) if reached else None,
                   f"{reference}_fastest": fastest == reference,
                   f"{reference}_vs_fastest": (t[reference] / finite[fastest]) if fastest and t.get(reference) else None}
     return out

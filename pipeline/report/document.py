@@ -292,10 +292,23 @@ def _quality_sections(out) -> tuple[list[str], list[str]]:
              f"of targets. References: {refs}. Seeds: {m.get('seeds')}.")
     parts = ["<h2>Model scaling: probe error against compute</h2>", f"<p>{html.escape(intro)}</p>",
              _table(headers, rows)]
+    model_headers = ("base", "strategy", "s", "MFLOPs", "params (k)", "pretraining images/s", "pretraining s",
+                     "probe error", "seed SD")
+    model_rows = []
+    if paths.table.exists():
+        t = pd.read_csv(paths.table)
+        t = t[~t["strategy"].isin(["spectral", "init"])]
+        g = t.groupby(["base", "strategy", "s"], sort=False).agg(
+            flops=("flops", "mean"), params=("params", "mean"), ips=("pretrain_images_per_s", "mean"),
+            secs=("pretrain_s", "mean"), err=("error", "mean"), sd=("error", "std")).reset_index()
+        model_rows = [(r.base, r.strategy, _fmt(r.s, 0), _fmt(r.flops / 1e6, 2), _fmt(r.params / 1e3, 0),
+                       _fmt(r.ips, 0), _fmt(r.secs, 1), _fmt(r.err, 3), _fmt(r.sd, 3)) for r in g.itertuples()]
+        parts.append(_table(model_headers, model_rows))
     for against, alt in (("flops", "probe error against FLOPs"), ("time", "probe error against time")):
         if paths.figure(against).exists():
             parts.append(f'<img alt="{alt}" src="{_img(paths.figure(against))}">')
-    return parts, ["## Model scaling: probe error against compute", md_escape(intro), _md_table(headers, rows)]
+    return parts, ["## Model scaling: probe error against compute", md_escape(intro), _md_table(headers, rows),
+                   _md_table(model_headers, model_rows)]
 
 
 def write_report(out: str | os.PathLike, path: str | os.PathLike, title: str = "Study report",

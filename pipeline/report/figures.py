@@ -75,7 +75,7 @@ def plot_quality(table: pd.DataFrame, metrics: dict, against: str, path: str | o
         ax.set_xscale("log")
         ax.set_xlabel("FLOPs per image (multiply-adds)" if against == "flops"
                       else f"pretraining wall time, s ({metrics.get('device', '')})")
-        ax.set_ylabel("linear-probe error (1 - cross-validated R², mean of targets)")
+        ax.set_ylabel("probe error (1 - CV R², mean of targets)")
         ax.set_title(f"{b}: {metrics.get('images_seen', 0):,} images seen per model", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
