@@ -449,3 +449,19 @@ def test_constant_cates_are_named_with_their_training_rows():
     assert "3 of 3 kfold folds and 2 of 2 sequential folds" in msg and "10-20 training rows" in msg
     assert constant_folds("all", folds, {"kfold": varying, "sequential": np.r_[np.full(10, np.nan), varying[10:]]},
                           cfg) == ""
+
+
+def test_linear_index_variance_is_the_sandwich_quadratic_form():
+    """Brute force: phi_i' cov phi_i row by row; point predictions alone equal the first output."""
+    from pipeline.estimate.cate import fit_linear_cate
+
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((200, 7))
+    w_res = rng.choice([-0.5, 0.5], 200)
+    y_res = w_res * (1 + X[:, 0]) + rng.standard_normal(200)
+    lin = fit_linear_cate(X, w_res, y_res, np.repeat(np.arange(40), 5))
+    Xn = rng.standard_normal((30, 7))
+    point, var = lin.predict(Xn)
+    phi = lin.design(Xn)
+    np.testing.assert_allclose(var, [p @ lin.cov @ p for p in phi], rtol=1e-12)
+    np.testing.assert_array_equal(lin.predict_point(Xn), point)

@@ -295,9 +295,15 @@ class LinearCATE:
         return np.column_stack([np.ones(len(X)), (np.asarray(X, dtype=np.float64) - self.mean) / self.scale])
 
     def predict(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Point predictions and their variances (from the sandwich covariance)."""
+        """Point predictions and their variances (from the sandwich covariance): phi_i' cov phi_i as one
+        matrix product and a row sum (an einsum over i, j, k ran in C loops, not BLAS: 2.7 s of a 6.4 s fold
+        fit at p = 716)."""
         phi = self.design(X)
-        return phi @ self.coef, np.einsum("ij,jk,ik->i", phi, self.cov, phi)
+        return phi @ self.coef, np.sum((phi @ self.cov) * phi, axis=1)
+
+    def predict_point(self, X: np.ndarray) -> np.ndarray:
+        """Point predictions only."""
+        return self.design(X) @ self.coef
 
 
 def _ridge_solve(D: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +401,7 @@ class FinalFit:
     def predict_point(self, X: np.ndarray) -> np.ndarray:
         """Point predictions only (no variance: the forest's bootstrap of little bags is skipped)."""
         point = np.asarray(self.forest.predict(X)).reshape(-1)
-        return point + self.linear.predict(X)[0] if self.linear is not None else point
+        return point + self.linear.predict_point(X) if self.linear is not None else point
 
     def importance(self, X: np.ndarray) -> np.ndarray:
         """Feature importances: the forest's; with the index, mixed with the index's normalised squared
@@ -405,7 +411,7 @@ class FinalFit:
             return imp
         b2 = self.linear.coef[1:] ** 2
         lin_imp = b2 / b2.sum() if b2.sum() > 0 else np.zeros_like(b2)
-        v_lin = float(np.var(self.linear.predict(X)[0]))
+        v_lin = float(np.var(self.linear.predict_point(X)))
         v_forest = float(np.var(self.forest.predict(X).reshape(-1)))
         if v_lin + v_forest == 0:
             return imp
@@ -447,7 +453,7 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
     target = y_res
     if correction == "ridge":
         linear = fit_linear_cate(X, w_res, y_res, groups)
-        target = y_res - w_res * linear.predict(X)[0]
+        target = y_res - w_res * linear.predict_point(X)
     from econml.grf import CausalForest
 
     forest = CausalForest(**causal_forest_options(params, X.shape[1], n_estimators), inference=True,
