@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pytest
 import yaml
 
@@ -54,6 +55,11 @@ def test_all_stages_run_and_write_metrics(tiny_study, tiny_params):
     assert not any("tau" in c or "f_fine" in c for s in index["sets"].values() for c in s["columns"])
     cate = gpd.read_parquet(out / "cate" / "cate.parquet")  # GeoParquet: opens as a layer in QGIS
     assert cate.crs.to_epsg() == 4326 and cate.geometry.geom_type.eq("Point").all()
+    # the sequential scheme's last split is the K-fold split of the last fold: one fit serves both
+    last = cate[cate["fold"] == cate["fold"].max()]
+    np.testing.assert_array_equal(last["priority_seq"].to_numpy(), last["tau_hat"].to_numpy())
+    earlier = cate[(cate["fold"] > 0) & (cate["fold"] < cate["fold"].max())]
+    assert (earlier["priority_seq"] != earlier["tau_hat"]).mean() > 0.9
     first = cate.drop_duplicates("unit_id").set_index("unit_id").geometry
     assert first.reindex(units["unit_id"].astype(str)).geom_equals(units.set_index(units["unit_id"].astype(str))
                                                                      .geometry.to_crs(4326)).all()

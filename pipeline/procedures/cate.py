@@ -49,6 +49,10 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     sequential DR score, all from the ``cfg.dr_reference`` set), the scales of every set, the importance by
     scale and the linear corrections chosen.
 
+    The sequential scheme's last split (folds 0..K-2 predict fold K-1) is the K-fold scheme's split of fold
+    K-1, so that fit (and its nuisances) is done once and serves both: in fold K-1, ``priority_seq`` equals
+    ``tau_hat``.
+
     Every (scale set, scheme, fold) fit is one task (:func:`pipeline.estimate.cate.fit_fold`), after the
     shared nuisances' tasks (:func:`pipeline.estimate.cate.fold_nuisances`); with a Dask ``client`` they run
     on its workers (one thread each) and are gathered in a fixed order, so the outputs are bitwise identical
@@ -84,21 +88,34 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     matrices = {name: check_features(read_npy(features.matrix(name))) for name in sets}
     task_cfg = dataclasses.replace(cfg, n_jobs=1) if client is not None else cfg  # one thread per task
     shared = {sch: None for sch in schemes}
+    # the sequential scheme's last split (train on folds 0..K-2) is the K-fold scheme's split of fold K-1: its
+    # nuisances and forests are fitted once and used by both schemes
+    last = int(np.max(folds))
+
+    def reused(sch: str, f: int) -> bool:
+        return sch == "sequential" and f == last
+
     if cfg.shared_nuisance:  # nuisances fitted once per split on the reference set's features, reused by every set
         Xn = matrices[cfg.dr_reference]
         items = [(Xn, Y, W, clusters, f, tr, te, task_cfg, off) for sch, (splits, off) in schemes.items()
-                 for f, tr, te in splits]
+                 for f, tr, te in splits if not reused(sch, f)]
         done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None))
-        shared = {sch: {f: next(done) for f, _, _ in splits} for sch, (splits, _) in schemes.items()}
+        shared = {sch: {f: next(done) for f, _, _ in splits if not reused(sch, f)}
+                  for sch, (splits, _) in schemes.items()}
+        shared["sequential"][last] = shared["kfold"][last]
     items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
               None if shared[sch] is None else shared[sch][f], learner)
-             for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits]
+             for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits if not reused(sch, f)]
     done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None))
     rows, importance, corrections, results, found = [], {}, {}, {}, []
     for name in sets:
         is_ref = name == cfg.dr_reference
+        fitted: dict[tuple[str, int], object] = {}
         for sch, (splits, _) in schemes.items():
-            fits = [next(done) for _ in splits]
+            fits = []
+            for f, _, _ in splits:
+                fitted[sch, f] = fitted["kfold", f] if reused(sch, f) else next(done)
+                fits.append(fitted[sch, f])
             results[sch] = assemble_folds(folds, [te for _, _, te in splits], fits, is_ref)
         kf, sq = results["kfold"], results["sequential"]
         flat = constant_folds(name, folds, {sch: results[sch].tau_hat for sch in schemes}, cfg, learner)
