@@ -465,3 +465,24 @@ def test_linear_index_variance_is_the_sandwich_quadratic_form():
     phi = lin.design(Xn)
     np.testing.assert_allclose(var, [p @ lin.cov @ p for p in phi], rtol=1e-12)
     np.testing.assert_array_equal(lin.predict_point(Xn), point)
+
+
+def test_linear_index_is_bitwise_the_same_whatever_the_blas_threads():
+    """A Dask worker runs BLAS on one thread, the synchronous stage on every core: the index must not move."""
+    from threadpoolctl import threadpool_limits
+
+    from pipeline.estimate.cate import fit_linear_cate
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((600, 300))
+    w_res = rng.choice([-0.5, 0.5], 600)
+    y_res = w_res * X[:, 0] + rng.standard_normal(600)
+    groups = np.repeat(np.arange(120), 5)
+    Xn = rng.standard_normal((80, 300))
+    out = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            lin = fit_linear_cate(X, w_res, y_res, groups)
+            out.append((lin.coef, lin.cov, *lin.predict(Xn), lin.predict_point(Xn)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
