@@ -200,18 +200,9 @@ class ScalingPaths:
 
 
 @dataclass(frozen=True)
-class QualityPaths:
-    """The scaling study's quality part: probe error of every scaled, pretrained encoder."""
-
-    root: Path
-
-    @property
-    def table(self) -> Path:
-        return self.root / "table.csv"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
+class QualityPaths(ScalingPaths):
+    """The scaling study's quality part: probe error of every scaled, pretrained encoder (the same table and
+    metrics files as :class:`ScalingPaths`, other figures)."""
 
     def figure(self, against: str) -> Path:
         """``against``: ``flops`` or ``time`` (probe error against pretraining FLOPs or wall time)."""
