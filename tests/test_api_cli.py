@@ -433,3 +433,23 @@ def test_study_accepts_a_learner_of_ones_own(tmp_path, tiny_params):
     with pytest.raises(EstimationError) as exc:
         mc.Study(tmp_path / "bad", params=tiny_params, learner=object())
     assert "effect" in exc.value.got
+
+
+def test_stage_prints_a_repeated_data_warning_once(caplog):
+    """One line per distinct data warning, however often the stage meets it (e.g. per fold and scale set)."""
+    import logging
+    import warnings
+
+    from pipeline.core.errors import DataWarning
+    from pipeline.stages._common import guarded
+
+    def body():
+        for _ in range(3):
+            warnings.warn("priorities[priority1] is constant", DataWarning)
+        warnings.warn("another one", DataWarning)
+
+    with caplog.at_level(logging.WARNING), warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert guarded("evaluate", False, body) == 0
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("warning [evaluate]")]
+    assert lines == ["warning [evaluate] priorities[priority1] is constant", "warning [evaluate] another one"]

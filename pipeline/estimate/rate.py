@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.config import EvaluateConfig
-from ..core.errors import EstimationError
+from ..core.errors import DataWarning, EstimationError
 from ._rate_kernel import bootstrap_statistics
 
 TARGETS = ("AUTOC", "QINI")
@@ -254,7 +254,7 @@ def rate(dr_scores, priorities, *, target: str = "AUTOC", clusters=None, sample_
     for j in range(k):
         if constant[j]:
             warnings.warn(f"priorities[{labels[j]}] is constant: its RATE is 0 by construction (and its RATE "
-                          "Ratio undefined)", stacklevel=2)
+                          "Ratio undefined)", DataWarning, stacklevel=2)
 
     drw = dr * w
     rules = [_Sorted(ranks[j], drw, w, cl) for j in range(k)]

@@ -18,13 +18,18 @@ USER_ERRORS = (PipelineError, EncoderError)
 def guarded(name: str, debug: bool, func, *args) -> int:
     """Run ``func(*args)``; on bad input print one line naming it and return 2 (re-raise with ``debug``).
 
-    Data warnings (:class:`pipeline.core.errors.DataWarning`) are printed as one ``warning [name]`` line each.
+    Data warnings (:class:`pipeline.core.errors.DataWarning`) are printed as one ``warning [name]`` line each,
+    a message repeated (e.g. once per fold and scale set) only the first time.
     """
     import warnings
 
+    shown: set[str] = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, DataWarning):
-            logging.getLogger(f"pipeline.stages.{name}").warning(f"warning [{name}] {message}")
+            if str(message) not in shown:
+                shown.add(str(message))
+                logging.getLogger(f"pipeline.stages.{name}").warning(f"warning [{name}] {message}")
         else:
             default_show(message, category, filename, lineno, file, line)
 
