@@ -99,9 +99,10 @@ def crossfit(n: int, p: int, args) -> None:
     print(f"  ours, {args.folds}-fold cross-fit (all units): {w_cf:7.1f} s wall {c_cf:7.1f} s CPU", flush=True)
 
 
-def stage_times(study_out: Path, params: Path) -> None:
-    """The cate and evaluate stages of a study that has run, with its params and without grf's mtry and the
-    shared nuisances (every feature tried per split, nuisances refitted per scale set), in one process."""
+def stage_times(study_out: Path, params: Path, slow_baseline: bool = False) -> None:
+    """The cate and evaluate stages of a study that has run, in one process: with its params, with econml's
+    forest instead of the compiled one, and (``slow_baseline``) also without grf's mtry and the shared
+    nuisances (every feature tried per split, nuisances refitted per scale set)."""
     from pipeline.core.config import load_config
     from pipeline.core.layout import StudyLayout
     from pipeline.procedures.cate import run_cate
@@ -113,8 +114,11 @@ def stage_times(study_out: Path, params: Path) -> None:
         return
     cfg = load_config(params)
     truth = layout.truth if layout.truth.exists() else None
-    variants = {"params": cfg.cate, "no grf mtry, no sharing": dataclasses.replace(cfg.cate, mtry="all",
-                                                                                   shared_nuisance=False)}
+    variants = {"params": cfg.cate, "econml forest": dataclasses.replace(cfg.cate, forest="econml")}
+    if slow_baseline:
+        variants["econml, no grf mtry/sharing"] = dataclasses.replace(cfg.cate, forest="econml", mtry="all",
+                                                                     shared_nuisance=False)
+    times = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, cate_cfg in variants.items():
             cate_dir, eval_dir = Path(tmp) / f"cate-{name}", Path(tmp) / f"eval-{name}"
@@ -127,8 +131,12 @@ def stage_times(study_out: Path, params: Path) -> None:
             first = cfg.evaluate.targets[0]
             extra = (f", coverage {ref['interval_coverage']:.3f}, corr(tau) {ref['corr_true_tau']:.3f}"
                      if "interval_coverage" in ref else "")
-            print(f"  {name:>24s}: cate {t1 - t0:6.1f} s + evaluate {t2 - t1:5.1f} s = {t2 - t0:6.1f} s; "
+            times[name] = t2 - t0
+            print(f"  {name:>28s}: cate {t1 - t0:6.1f} s + evaluate {t2 - t1:5.1f} s = {t2 - t0:6.1f} s; "
                   f"{cfg.evaluate.reference_set}: {first} ratio {ref[first]['ratio']:.2f}{extra}", flush=True)
+    for name, t in times.items():
+        if name != "params":
+            print(f"  params vs {name}: {t / times['params']:.2f}x faster")
 
 
 def main() -> None:
@@ -141,13 +149,15 @@ def main() -> None:
     ap.add_argument("--skip-defaults", action="store_true", help="do not time econml's defaults")
     ap.add_argument("--crossfit-only", action="store_true", help="time only the pipeline's K-fold cross-fit")
     ap.add_argument("--stages-only", action="store_true", help="time only a study's cate and evaluate stages")
+    ap.add_argument("--slow-baseline", action="store_true",
+                    help="with --stages-only: also econml's forest without grf's mtry and shared nuisances (minutes)")
     ap.add_argument("--study-out", type=Path, default=Path("out"))
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
     if args.stages_only:
         print(f"study stages ({args.study_out}, {args.params}):")
-        stage_times(args.study_out, args.params)
+        stage_times(args.study_out, args.params, args.slow_baseline)
         return
     ns = [int(v) for v in args.n.split(",")]
     for p in args.p:

@@ -316,15 +316,15 @@ def test_estimator_has_the_scikit_learn_and_econml_contract():
 
 
 def test_estimator_without_correction_is_econml_causal_forest_dml():
-    """linear_correction none and no supplied nuisances: the same numbers as econml's CausalForestDML with the
-    same nuisance models and forest settings."""
+    """Forest econml, linear_correction none and no supplied nuisances: the same numbers as econml's
+    CausalForestDML with the same nuisance models and forest settings (the reference learner)."""
     from econml.dml import CausalForestDML
 
     from pipeline.estimate.cate import CausalForestCATE, KnownPropensity, ReproducibleForestRegressor, inner_splits
 
     X, Y, W, clusters = _rct(n_clusters=30, per=4, seed=9)
     ours = CausalForestCATE(n_estimators=24, nuisance_trees=10, n_jobs=1, random_state=3,
-                            linear_correction="none").fit(Y, W, X=X, groups=clusters)
+                            linear_correction="none", forest="econml").fit(Y, W, X=X, groups=clusters)
     ref = CausalForestDML(model_y=ReproducibleForestRegressor(n_estimators=10, min_samples_leaf=10, max_features=0.5,
                                                               n_jobs=1, random_state=3),
                           model_t=KnownPropensity(0.5), discrete_treatment=True, cv=inner_splits(W, clusters, 3),

@@ -137,7 +137,7 @@ def test_sigkill_mid_stage_leaves_nothing_complete_and_rerun_is_identical(tiny_s
     params, out = tiny_study
     before = digest_tree(out / "cate")
     cfg = yaml.safe_load(params.read_text())
-    cfg["cate"]["n_estimators"] = 400  # long enough to be killed while fitting
+    cfg["cate"]["n_estimators"] = 40000  # long enough to be killed while fitting (the compiled forest is fast)
     params.write_text(yaml.safe_dump(cfg))
     import shutil
     shutil.rmtree(out / "cate")

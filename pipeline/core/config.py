@@ -30,6 +30,7 @@ RADIOMETRY_MODES = ("auto", "none", "l2")
 ON_OUTSIDE = ("error", "drop")
 LEARNERS = ("causal_forest", "dr_forest")
 LINEAR_CORRECTIONS = ("none", "ridge", "auto")
+FORESTS = ("compiled", "econml")
 PROPENSITY_MODES = ("share", "estimate")
 MTRY_RULES = ("grf", "all")
 JITTER_JOINS = ("none", "mean", "concat")
@@ -255,6 +256,8 @@ class CateConfig:
                                 "features and reuse them in every set; false: per set")
     linear_correction: str = opt("auto", "ridge: a ridge R-learner index before the forest; auto: ridge or none "
                                  "chosen per fold on held-out clusters (dr_forest: none)", choices=LINEAR_CORRECTIONS)
+    forest: str = opt("compiled", "the causal forest's builder: compiled (the project's, grf's split rule) or econml "
+                      "(econml's CausalForest, the reference)", choices=FORESTS)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
-from ..core.config import LEARNERS, LINEAR_CORRECTIONS, CateConfig
+from ..core.config import FORESTS, LEARNERS, LINEAR_CORRECTIONS, CateConfig
 from ..core.errors import EstimationError
 
 OVERLAP_WARN = 0.05
@@ -338,9 +338,13 @@ class _RidgePath:
         self.Vty = self.V.T @ (Zt.T @ yt)
 
     def coef(self, alpha: float) -> np.ndarray:
-        b = self.V @ (self.Vty / (self.s + alpha))
-        a = (self.d0y - self.d0Z @ b) / self.dd
-        return np.concatenate([[a], b])
+        return self.coefs(np.array([alpha]))[:, 0]
+
+    def coefs(self, alphas: np.ndarray) -> np.ndarray:
+        """Coefficients (1 + p, len(alphas)), one column per penalty, from one matrix product."""
+        B = self.V @ (self.Vty[:, None] / (self.s[:, None] + alphas[None, :]))
+        a = (self.d0y - self.d0Z @ B) / self.dd
+        return np.vstack([a[None, :], B])
 
 
 def one_blas_thread():
@@ -355,7 +359,7 @@ def one_blas_thread():
 
 
 def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.ndarray,
-                    alphas=None, cv: int = 5) -> LinearCATE:
+                    alphas=None, cv: int = 5, n_jobs: int = 1) -> LinearCATE:
     """Ridge R-learner: minimise sum_i (y_res_i - w_res_i (a + z_i'b))^2 + alpha |b|^2 over (a, b).
 
     ``y_res`` and ``w_res`` are the outcome and treatment residuals of the causal forest's first stage and
@@ -363,13 +367,14 @@ def fit_linear_cate(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups:
     cluster** (leave-one-row-out would pick too little penalty when units of a cluster share features).
     The covariance of (a, b) is the cluster-robust sandwich ``A^-1 (sum_c s_c s_c') A^-1`` with A the
     penalised Gram matrix and s_c the cluster's score sum; it ignores the ridge bias, as the forest's own
-    variance does.
+    variance does. The cross-validation folds' eigendecompositions run on ``n_jobs`` threads (each on one BLAS
+    thread, so the result does not depend on ``n_jobs``).
     """
     with one_blas_thread():
-        return _fit_linear_cate(X, w_res, y_res, groups, alphas, cv)
+        return _fit_linear_cate(X, w_res, y_res, groups, alphas, cv, n_jobs)
 
 
-def _fit_linear_cate(X, w_res, y_res, groups, alphas, cv) -> LinearCATE:
+def _fit_linear_cate(X, w_res, y_res, groups, alphas, cv, n_jobs=1) -> LinearCATE:
     from sklearn.model_selection import GroupKFold
 
     X = np.asarray(X, dtype=np.float64)
@@ -384,10 +389,25 @@ def _fit_linear_cate(X, w_res, y_res, groups, alphas, cv) -> LinearCATE:
     if k < 2:  # one cluster: nothing to cross-validate on, take the strongest penalty
         loss[:-1] = np.inf
     else:
-        for a_idx, b_idx in GroupKFold(n_splits=k).split(D, groups=groups):
-            path = _RidgePath(D[a_idx], y_res[a_idx])
-            for j, alpha in enumerate(alphas):
-                loss[j] += np.sum((y_res[b_idx] - D[b_idx] @ path.coef(alpha)) ** 2)
+        folds = list(GroupKFold(n_splits=k).split(D, groups=groups))
+
+        def fold_loss(split):
+            a_idx, b_idx = split
+            coefs = _RidgePath(D[a_idx], y_res[a_idx]).coefs(alphas)
+            return np.sum((y_res[b_idx, None] - D[b_idx] @ coefs) ** 2, axis=0)
+
+        from .forest import n_threads
+
+        threads = min(n_threads(n_jobs), len(folds))
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads) as pool:
+                losses = list(pool.map(fold_loss, folds))
+        else:
+            losses = [fold_loss(split) for split in folds]
+        for fold in losses:  # summed in fold order whatever the threads
+            loss += fold
     alpha = float(alphas[int(np.argmin(loss))])
     coef, inv = _ridge_solve(D, y_res, alpha)
     resid = y_res - D @ coef
@@ -470,15 +490,28 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
     linear = None
     target = y_res
     if correction == "ridge":
-        linear = fit_linear_cate(X, w_res, y_res, groups)
+        linear = fit_linear_cate(X, w_res, y_res, groups, n_jobs=params.n_jobs)
         target = y_res - w_res * linear.predict_point(X)
-    from econml.grf import CausalForest
-
-    forest = CausalForest(**causal_forest_options(params, X.shape[1], n_estimators), inference=True,
-                          fit_intercept=True, random_state=seed)
+    forest = make_forest(params, X.shape[1], seed, n_estimators)
     forest.fit(X, w_res.reshape(-1, 1), target)
-    forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
+    if getattr(params, "forest", "compiled") == "econml":
+        forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
     return FinalFit(forest=forest, linear=linear, correction=correction)
+
+
+def make_forest(params, p: int, seed: int, n_estimators: int | None = None):
+    """The final stage's honest causal forest with inference for ``p`` features: the project's compiled one
+    (:class:`pipeline.estimate.forest.CompiledCausalForest`, ``params.forest == 'compiled'``) or econml's
+    ``CausalForest`` (``'econml'``, the reference), with the same settings (:func:`causal_forest_options`)."""
+    opts = causal_forest_options(params, p, n_estimators)
+    if getattr(params, "forest", "compiled") == "econml":
+        from econml.grf import CausalForest
+
+        return CausalForest(**opts, inference=True, fit_intercept=True, random_state=seed)
+    from .forest import CompiledCausalForest
+
+    opts.pop("honest")
+    return CompiledCausalForest(**opts, random_state=seed)
 
 
 class CausalForestCATE(BaseEstimator):
@@ -495,16 +528,17 @@ class CausalForestCATE(BaseEstimator):
        ``linear_correction`` ``ridge`` first a ridge R-learner index a + z'b (its sandwich variance is added
        to the forest's), or ``auto`` choosing between the two on held-out clusters (:func:`fit_final`).
 
-    With ``linear_correction='none'`` and no supplied nuisances, both stages are econml's
-    ``CausalForestDML`` with the same nuisance models (the same algorithm, fitted by econml).
+    The final forest is the project's compiled one (``forest='compiled'``, :mod:`pipeline.estimate.forest`)
+    or econml's ``CausalForest`` (``forest='econml'``). With ``forest='econml'``,
+    ``linear_correction='none'`` and no supplied nuisances, both stages are econml's ``CausalForestDML`` with
+    the same nuisance models (the same algorithm, fitted by econml): the reference learner.
     ``learner='dr_forest'`` uses econml's ``ForestDRLearner`` (doubly-robust pseudo-outcomes, honest forest)
     instead, without correction or supplied nuisances.
 
     Predictions are summed on one thread, so fitted estimators are bitwise reproducible for a
     ``random_state`` whatever ``n_jobs``.
 
-    Defaults are those of the ``cate`` params section (:class:`pipeline.core.config.CateConfig`);
-    ``linear_correction='none'`` gives econml's ``CausalForestDML``, the reference learner.
+    Defaults are those of the ``cate`` params section (:class:`pipeline.core.config.CateConfig`).
 
     Args:
         learner: ``causal_forest`` or ``dr_forest``.
@@ -515,6 +549,8 @@ class CausalForestCATE(BaseEstimator):
         propensity: known assignment probability, ``share`` or ``estimate``.
         linear_correction: ``none``, ``ridge`` or ``auto`` (with ``dr_forest``: ``none`` or ``auto``, which
             then means none).
+        forest: the final forest's builder: ``compiled`` (:class:`pipeline.estimate.forest.CompiledCausalForest`)
+            or ``econml`` (econml's ``CausalForest``, the reference).
         n_jobs: threads for fitting.
         random_state: seed of every random choice of the fit.
     """
@@ -523,8 +559,8 @@ class CausalForestCATE(BaseEstimator):
                  min_samples_leaf: int = CateConfig.min_samples_leaf, mtry: int | str = CateConfig.mtry,
                  max_samples: float = CateConfig.max_samples,
                  nuisance_trees: int = CateConfig.nuisance_trees, propensity: float | str = CateConfig.propensity,
-                 linear_correction: str = CateConfig.linear_correction, n_jobs: int = CateConfig.n_jobs,
-                 random_state: int = 0):
+                 linear_correction: str = CateConfig.linear_correction, forest: str = CateConfig.forest,
+                 n_jobs: int = CateConfig.n_jobs, random_state: int = 0):
         self.learner = learner
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
@@ -533,6 +569,7 @@ class CausalForestCATE(BaseEstimator):
         self.nuisance_trees = nuisance_trees
         self.propensity = propensity
         self.linear_correction = linear_correction
+        self.forest = forest
         self.n_jobs = n_jobs
         self.random_state = random_state
 
@@ -548,6 +585,8 @@ class CausalForestCATE(BaseEstimator):
         if self.linear_correction not in LINEAR_CORRECTIONS:
             raise EstimationError("linear_correction", f"one of {', '.join(LINEAR_CORRECTIONS)}",
                                   repr(self.linear_correction), "pick one")
+        if self.forest not in FORESTS:
+            raise EstimationError("forest", f"one of {', '.join(FORESTS)}", repr(self.forest), "pick one")
         if self.learner == "dr_forest" and self.linear_correction == "ridge":
             raise EstimationError("linear_correction", "'none' or 'auto' with learner dr_forest (the correction is "
                                   "a causal forest final stage)", repr(self.linear_correction), "use causal_forest")
@@ -572,7 +611,8 @@ class CausalForestCATE(BaseEstimator):
         groups = np.arange(len(Y)) if groups is None else np.asarray(groups)
         self.n_features_in_ = X.shape[1]
         self.final_ = self.econml_ = None
-        if self.learner == "dr_forest" or (nuisances is None and self.linear_correction == "none"):
+        if self.learner == "dr_forest" or (nuisances is None and self.linear_correction == "none"
+                                           and self.forest == "econml"):
             self.econml_ = self._fit_econml(Y, T, X, groups, nuisances)
             self.correction_ = "none"
             return self
