@@ -4,8 +4,8 @@ processes, in one process; print throughput, the 1 -> 2 speed-up and the peak me
 workers, sampled every 0.2 s). Set NUMBA_NUM_THREADS=1 to keep each worker on one core.
 
 Then the cate stage of a study that has run (default: the default study's ``out/`` and ``params.yaml``,
-after ``dvc repro``): synchronous (forests on ``cate.n_jobs`` threads), on 1 and on 2 workers; wall times,
-speed-ups and whether the outputs are bitwise identical.
+after ``dvc repro``): synchronous (``cate.n_jobs`` fits side by side on threads), on 1 and on 2 workers;
+wall times, speed-ups and whether the outputs are bitwise identical.
 
     python benchmarks/scaleout.py [--n 50000] [--size 8000] [--study-out out --params params.yaml]
     python benchmarks/scaleout.py --cate-only

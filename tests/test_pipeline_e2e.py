@@ -175,6 +175,23 @@ def test_local_dask_cluster_equals_synchronous_bitwise(tiny_study):
     assert any(k.startswith("cate/") for k in dask) and dask == sync
 
 
+def test_cate_tasks_side_by_side_on_threads_equal_one_at_a_time(tiny_study):
+    """Without a cluster the cate stage runs its tasks n_jobs at a time on threads (each fit on one thread):
+    the outputs are bitwise those of n_jobs 1 (one task after another)."""
+    import shutil
+
+    params, out = tiny_study
+    cfg = yaml.safe_load(params.read_text())
+    digests = []
+    for jobs in (1, 3):
+        cfg["cate"].update({"n_jobs": jobs, "linear_correction": "auto"})
+        params.write_text(yaml.safe_dump(cfg))
+        shutil.rmtree(out / "cate")
+        assert cate.main(["--params", str(params), "--out", str(out)]) == 0
+        digests.append(digest_tree(out / "cate"))
+    assert digests[0] == digests[1]
+
+
 def test_killed_worker_mid_cate_gives_identical_estimates(tiny_study):
     """A Dask worker process dies while the forests are fitted; its fits are rerun and the cate stage's
     outputs are identical to the synchronous run."""

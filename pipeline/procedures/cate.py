@@ -86,7 +86,12 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     for splits, _ in schemes.values():
         check_design(Y, W, clusters, splits)
     matrices = {name: check_features(read_npy(features.matrix(name))) for name in sets}
-    task_cfg = dataclasses.replace(cfg, n_jobs=1) if client is not None else cfg  # one thread per task
+    # one thread per task: on a cluster's workers, and without one, tasks run side by side on n_jobs threads
+    # (fuller use of the cores than threads inside each fit; every task's result is the same on one thread)
+    from ..estimate.forest import n_threads
+
+    task_threads = 1 if client is not None or learner is not None else n_threads(cfg.n_jobs)
+    task_cfg = dataclasses.replace(cfg, n_jobs=1) if client is not None or task_threads > 1 else cfg
     shared = {sch: None for sch in schemes}
     # the sequential scheme's last split (train on folds 0..K-2) is the K-fold scheme's split of fold K-1: its
     # nuisances and forests are fitted once and used by both schemes
@@ -99,14 +104,17 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
         Xn = matrices[cfg.dr_reference]
         items = [(Xn, Y, W, clusters, f, tr, te, task_cfg, off) for sch, (splits, off) in schemes.items()
                  for f, tr, te in splits if not reused(sch, f)]
-        done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None))
+        done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None,
+                                threads=task_threads, cost=[int(it[5].sum()) for it in items]))
         shared = {sch: {f: next(done) for f, _, _ in splits if not reused(sch, f)}
                   for sch, (splits, _) in schemes.items()}
         shared["sequential"][last] = shared["kfold"][last]
     items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
               None if shared[sch] is None else shared[sch][f], learner)
              for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits if not reused(sch, f)]
-    done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None))
+    # cost: training rows x features (the ridge index and the forest's candidates grow with p)
+    done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None,
+                            threads=task_threads, cost=[int(it[5].sum()) * it[0].shape[1] for it in items]))
     rows, importance, corrections, results, found = [], {}, {}, {}, []
     for name in sets:
         is_ref = name == cfg.dr_reference
