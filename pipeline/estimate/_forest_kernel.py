@@ -202,10 +202,15 @@ def _grow_tree(XT, t, y, sorted_tr, sorted_va, presorted, mtry, min_leaf, min_sp
             _partial_shuffle(features, min(mtry, p), state)
             for q in range(min(mtry, p)):
                 f = features[q]
-                if presorted:
-                    rows = sorted_tr[f]
-                    vrows = sorted_va[f]
-                else:  # sort this node's (value, rho) pairs and honest values by f
+                # the node's splitting values of f in ascending order with their rho, and its honest values
+                if presorted:  # already in order: gather
+                    for k in range(n):
+                        i = sorted_tr[f, a + k]
+                        xs[k] = XT[f, i]
+                        rs[k] = rho[i]
+                    for k in range(m):
+                        xv[k] = XT[f, sorted_va[f, c + k]]
+                else:  # sort (numba's ndarray.sort is slower than this on a node's few dozen values)
                     for k in range(n):
                         i = rows0[a + k]
                         xs[k] = XT[f, i]
@@ -213,56 +218,29 @@ def _grow_tree(XT, t, y, sorted_tr, sorted_va, presorted, mtry, min_leaf, min_sp
                     _sort_pairs(xs, rs, n, qstack)
                     for k in range(m):
                         xv[k] = XT[f, vrows0[c + k]]
-                    _sort_pairs(xv, xv_carry, m, qstack)  # (numba's ndarray.sort is slower here)
-                    if xs[0] >= xs[n - 1]:
-                        continue
-                    s_left = 0.0
-                    vp = 0
-                    for k in range(n - 1):
-                        s_left += rs[k]
-                        n_left = k + 1
-                        if n - n_left < n_min:
-                            break
-                        if n_left < n_min:
-                            continue
-                        lo_x, hi_x = xs[k], xs[k + 1]
-                        if hi_x <= lo_x:
-                            continue
-                        cut = lo_x + (hi_x - lo_x) / 2.0
-                        if cut >= hi_x:
-                            cut = lo_x
-                        while vp < m and xv[vp] <= cut:
-                            vp += 1
-                        if m - vp < m_min:
-                            break
-                        if vp < m_min:
-                            continue
-                        s_right = total - s_left
-                        score = s_left * s_left / n_left + s_right * s_right / (n - n_left)
-                        if score > best_score:
-                            best_f, best_thr, best_score, best_k = f, cut, score, n_left
-                    continue
+                    _sort_pairs(xv, xv_carry, m, qstack)
+                if xs[0] >= xs[n - 1]:
+                    continue  # constant in this node
                 s_left = 0.0
-                vp = c
+                vp = 0
                 for k in range(n - 1):
-                    i = rows[a + k]
-                    s_left += rho[i]
+                    s_left += rs[k]
                     n_left = k + 1
                     if n - n_left < n_min:
                         break
                     if n_left < n_min:
                         continue
-                    lo_x, hi_x = XT[f, i], XT[f, rows[a + k + 1]]
+                    lo_x, hi_x = xs[k], xs[k + 1]
                     if hi_x <= lo_x:
                         continue
                     cut = lo_x + (hi_x - lo_x) / 2.0
                     if cut >= hi_x:
                         cut = lo_x
-                    while vp < d and XT[f, vrows[vp]] <= cut:
+                    while vp < m and xv[vp] <= cut:
                         vp += 1
-                    if d - vp < m_min:
+                    if m - vp < m_min:
                         break
-                    if vp - c < m_min:
+                    if vp < m_min:
                         continue
                     s_right = total - s_left
                     score = s_left * s_left / n_left + s_right * s_right / (n - n_left)
