@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ from ..estimate.cate import (
     fold_nuisances,
     importance_by_scale,
     make_folds,
+    one_blas_thread,
     training_splits,
 )
 
@@ -100,21 +102,26 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     def reused(sch: str, f: int) -> bool:
         return sch == "sequential" and f == last
 
-    if cfg.shared_nuisance:  # nuisances fitted once per split on the reference set's features, reused by every set
-        Xn = matrices[cfg.dr_reference]
-        items = [(Xn, Y, W, clusters, f, tr, te, task_cfg, off) for sch, (splits, off) in schemes.items()
-                 for f, tr, te in splits if not reused(sch, f)]
-        done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None,
-                                threads=task_threads, cost=[int(it[5].sum()) for it in items]))
-        shared = {sch: {f: next(done) for f, _, _ in splits if not reused(sch, f)}
-                  for sch, (splits, _) in schemes.items()}
-        shared["sequential"][last] = shared["kfold"][last]
-    items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
-              None if shared[sch] is None else shared[sch][f], learner)
-             for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits if not reused(sch, f)]
-    # cost: training rows x features (the ridge index and the forest's candidates grow with p)
-    done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None,
-                            threads=task_threads, cost=[int(it[5].sum()) * it[0].shape[1] for it in items]))
+    # BLAS on one thread for the whole run when fits share the process: each fit's linear index limits BLAS
+    # to one thread while it runs, and without this outer limit the first fit to finish would restore the
+    # process-wide BLAS threads under the others (last-bit changes, not reproducible)
+    with one_blas_thread() if task_threads > 1 else contextlib.nullcontext():
+        if cfg.shared_nuisance:  # nuisances fitted once per split on the reference set's features, reused by all
+            Xn = matrices[cfg.dr_reference]
+            items = [(Xn, Y, W, clusters, f, tr, te, task_cfg, off) for sch, (splits, off) in schemes.items()
+                     for f, tr, te in splits if not reused(sch, f)]
+            done = iter(run_ordered(client, fold_nuisances, items, progress="cate nuisances" if progress else None,
+                                    threads=task_threads, cost=[int(it[5].sum()) for it in items]))
+            shared = {sch: {f: next(done) for f, _, _ in splits if not reused(sch, f)}
+                      for sch, (splits, _) in schemes.items()}
+            shared["sequential"][last] = shared["kfold"][last]
+        items = [(matrices[name], Y, W, clusters, f, tr, te, task_cfg, off, name == cfg.dr_reference,
+                  None if shared[sch] is None else shared[sch][f], learner)
+                 for name in sets for sch, (splits, off) in schemes.items() for f, tr, te in splits
+                 if not reused(sch, f)]
+        # cost: training rows x features (the ridge index and the forest's candidates grow with p)
+        done = iter(run_ordered(client, fit_fold, items, progress="cate forests" if progress else None,
+                                threads=task_threads, cost=[int(it[5].sum()) * it[0].shape[1] for it in items]))
     rows, importance, corrections, results, found = [], {}, {}, {}, []
     for name in sets:
         is_ref = name == cfg.dr_reference
