@@ -8,7 +8,8 @@ retried by Dask.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import os
+from typing import Callable, Iterator, Sequence
 
 from .errors import ConfigError
 
@@ -35,6 +36,28 @@ def dask_client(cfg) -> Iterator[object | None]:
         yield client
 
 
+def n_threads(n_jobs: int | None) -> int:
+    """Threads for ``n_jobs`` (-1: every core this process may use, -2: all but one, ...; None or 0: 1)."""
+    if not n_jobs:
+        return 1
+    if n_jobs > 0:
+        return int(n_jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores + 1 + n_jobs)
+
+
+def thread_map(func: Callable, items: Sequence, threads: int) -> list:
+    """``[func(item) for item in items]`` on up to ``threads`` threads (in this thread when one suffices);
+    results in input order. For work that releases the GIL (compiled kernels, LAPACK, scikit-learn trees)."""
+    threads = min(threads, len(items))
+    if threads <= 1:
+        return [func(item) for item in items]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(func, items))
+
+
 def run_ordered(client, func, items, retries: int = 3, progress: str | None = None, threads: int = 1,
                 cost=None) -> list:
     """``[func(*item) for item in items]``, on the cluster when ``client`` is given; results in input order.
@@ -50,23 +73,14 @@ def run_ordered(client, func, items, retries: int = 3, progress: str | None = No
     order = list(range(len(items))) if cost is None else sorted(range(len(items)), key=lambda i: -cost[i])
     bar = tqdm(total=len(items), desc=progress, unit="task", disable=progress is None)
     with bar:
-        if client is None and threads > 1 and len(items) > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
+        if client is None:
             def one(i):
                 result = func(*items[i])
                 bar.update()
                 return result
 
-            with ThreadPoolExecutor(min(threads, len(items))) as pool:
-                done = dict(zip(order, pool.map(one, order)))
+            done = dict(zip(order, thread_map(one, order, threads)))
             return [done[i] for i in range(len(items))]
-        if client is None:
-            out = []
-            for item in items:
-                out.append(func(*item))
-                bar.update()
-            return out
         from distributed import as_completed
 
         rank = {i: len(items) - r for r, i in enumerate(order)}  # higher runs first

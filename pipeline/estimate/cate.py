@@ -32,6 +32,7 @@ from sklearn.dummy import DummyClassifier
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.linear_model import LogisticRegression
 
+from ..core.compute import n_threads, thread_map
 from ..core.config import FORESTS, LEARNERS, LINEAR_CORRECTIONS, CateConfig
 from ..core.errors import EstimationError
 
@@ -396,17 +397,7 @@ def _fit_linear_cate(X, w_res, y_res, groups, alphas, cv, n_jobs=1) -> LinearCAT
             coefs = _RidgePath(D[a_idx], y_res[a_idx]).coefs(alphas)
             return np.sum((y_res[b_idx, None] - D[b_idx] @ coefs) ** 2, axis=0)
 
-        from .forest import n_threads
-
-        threads = min(n_threads(n_jobs), len(folds))
-        if threads > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(threads) as pool:
-                losses = list(pool.map(fold_loss, folds))
-        else:
-            losses = [fold_loss(split) for split in folds]
-        for fold in losses:  # summed in fold order whatever the threads
+        for fold in thread_map(fold_loss, folds, n_threads(n_jobs)):  # summed in fold order whatever the threads
             loss += fold
     alpha = float(alphas[int(np.argmin(loss))])
     coef, inv = _ridge_solve(D, y_res, alpha)
@@ -494,7 +485,7 @@ def fit_final(X: np.ndarray, w_res: np.ndarray, y_res: np.ndarray, groups: np.nd
         target = y_res - w_res * linear.predict_point(X)
     forest = make_forest(params, X.shape[1], seed, n_estimators)
     forest.fit(X, w_res.reshape(-1, 1), target)
-    if getattr(params, "forest", "compiled") == "econml":
+    if params.forest == "econml":
         forest.n_jobs = 1  # reproducible predictions (see _single_thread_predictions)
     return FinalFit(forest=forest, linear=linear, correction=correction)
 
@@ -504,7 +495,7 @@ def make_forest(params, p: int, seed: int, n_estimators: int | None = None):
     (:class:`pipeline.estimate.forest.CompiledCausalForest`, ``params.forest == 'compiled'``) or econml's
     ``CausalForest`` (``'econml'``, the reference), with the same settings (:func:`causal_forest_options`)."""
     opts = causal_forest_options(params, p, n_estimators)
-    if getattr(params, "forest", "compiled") == "econml":
+    if params.forest == "econml":
         from econml.grf import CausalForest
 
         return CausalForest(**opts, inference=True, fit_intercept=True, random_state=seed)

@@ -15,23 +15,13 @@ of threads, and predictions sum trees in a fixed order.
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
+from ..core.compute import n_threads, thread_map
 from ..core.errors import EstimationError
 
 GROUP_SIZE = 4  # trees per half-sample (econml's subforest_size)
 IMPORTANCE_DEPTH = 4  # splits up to this depth count in the importances (econml's default)
-
-
-def n_threads(n_jobs: int) -> int:
-    """Threads for ``n_jobs`` (-1: every core this process may use)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if n_jobs is None or n_jobs == 0:
-        return 1
-    return max(1, cores + 1 + n_jobs) if n_jobs < 0 else int(n_jobs)
 
 
 def presort(n_split: int, p: int, mtry: int) -> bool:
@@ -107,11 +97,7 @@ class CompiledCausalForest:
                 int(self.min_samples_split), 0.5 - float(self.min_balancedness_tol), eps_var, IMPORTANCE_DEPTH)
         threads = n_threads(self.n_jobs)
         blocks = np.array_split(np.arange(self.n_estimators), min(self.n_estimators, 4 * threads))
-        if threads == 1:
-            parts = [grow_block(*args, b, *opts) for b in blocks]
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                parts = list(pool.map(lambda b: grow_block(*args, b, *opts), blocks))
+        parts = thread_map(lambda b: grow_block(*args, b, *opts), blocks, threads)
         shift = np.cumsum([0] + [len(part[0]) for part in parts[:-1]])
         self.feature_ = np.concatenate([part[0] for part in parts])
         self.threshold_ = np.concatenate([part[1] for part in parts])
@@ -164,13 +150,7 @@ class CompiledCausalForest:
 
         threads = min(n_threads(self.n_jobs), max(1, n // 64))
         edges = np.linspace(0, n, 4 * threads + 1).astype(int)
-        chunks = [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
-        if threads == 1:
-            for c in chunks:
-                run(c)
-        else:
-            with ThreadPoolExecutor(threads) as pool:
-                list(pool.map(run, chunks))
+        thread_map(run, [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a], threads)
         return point, var
 
     def predict(self, X) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..core.artifacts import read_npy, require, write_json, write_with
-from ..core.compute import dask_client, run_ordered
+from ..core.compute import dask_client, n_threads, run_ordered
 from ..core.config import Config
 from ..core.errors import ConfigError, EstimationError, warn_all
 from ..core.layout import CatePaths, FeaturePaths, StudyLayout
@@ -90,8 +90,6 @@ def run_cate(units_path, features_dir, cfg, seed: int, out_dir, progress: bool =
     matrices = {name: check_features(read_npy(features.matrix(name))) for name in sets}
     # one thread per task: on a cluster's workers, and without one, tasks run side by side on n_jobs threads
     # (fuller use of the cores than threads inside each fit; every task's result is the same on one thread)
-    from ..estimate.forest import n_threads
-
     task_threads = 1 if client is not None or learner is not None else n_threads(cfg.n_jobs)
     task_cfg = dataclasses.replace(cfg, n_jobs=1) if client is not None or task_threads > 1 else cfg
     shared = {sch: None for sch in schemes}
