@@ -442,11 +442,12 @@ def test_constant_cates_are_named_with_their_training_rows():
     from pipeline.procedures.cate import constant_folds
 
     folds = np.repeat([0, 1, 2], 10)
-    cfg = SimpleNamespace(min_samples_leaf=5)
+    cfg = SimpleNamespace(min_samples_leaf=5, max_samples=0.45)
     varying = np.arange(30.0)
     seq = np.r_[np.full(10, np.nan), np.full(20, 1.5)]
     msg = constant_folds("all", folds, {"kfold": np.full(30, 2.0), "sequential": seq}, cfg)
     assert "3 of 3 kfold folds and 2 of 2 sequential folds" in msg and "10-20 training rows" in msg
+    assert "a tree needs about 45" in msg  # floor(0.45 n) / 2 >= 10 splitting rows
     assert constant_folds("all", folds, {"kfold": varying, "sequential": np.r_[np.full(10, np.nan), varying[10:]]},
                           cfg) == ""
 

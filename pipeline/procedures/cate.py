@@ -177,10 +177,13 @@ def constant_folds(name: str, folds: np.ndarray, tau_by_scheme: dict, cfg, learn
             sizes += [int(((folds != f) if scheme == "kfold" else (folds < f)).sum()) for f in flat]
     if not parts:
         return ""
+    # a tree splits a node of at least 10 splitting rows (and 2 leaves' worth on each half): its subsample of
+    # max_samples x n rows, halved, must hold that many
+    need = int(np.ceil(2 * max(10, 2 * cfg.min_samples_leaf) / cfg.max_samples))
     fix = ("check the learner" if learner is not None else
-           f"the forests had {min(sizes)}-{max(sizes)} training rows there, too few to split (econml needed about "
-           f"50 with cate.min_samples_leaf 5); collect more units, or lower cate.min_samples_leaf (now "
-           f"{cfg.min_samples_leaf})")
+           f"the forests had {min(sizes)}-{max(sizes)} training rows there, too few to split (a tree needs about "
+           f"{need} with cate.min_samples_leaf {cfg.min_samples_leaf} and cate.max_samples {cfg.max_samples:g}); "
+           f"collect more units, or lower cate.min_samples_leaf")
     return (f"scale set {name}: the CATEs are constant within {' and '.join(parts)}, so its RATE is 0 by "
             f"construction: {fix}")
 
